@@ -1,0 +1,142 @@
+//! A tiny loopback HTTP client for the CLI (`outpost status`) and the demo story.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::body::{self, ProxyBody};
+
+/// A client error, for people.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer (refused, timed out, broken).
+    #[error("{0}")]
+    Transport(String),
+    /// The answer was not the JSON expected.
+    #[error("bad answer: {0}")]
+    Answer(String),
+}
+
+/// A plain-HTTP client with a per-request timeout.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, ProxyBody>,
+    timeout: Duration,
+}
+
+/// A whole response, read into memory (only for small answers in the CLI, demo and tests).
+#[derive(Debug)]
+pub struct Collected {
+    /// Status and headers.
+    pub head: http::response::Parts,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Collected {
+    /// The body parsed as JSON (null when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl HttpClient {
+    /// A client whose requests give up after `timeout`.
+    pub fn new(timeout: Duration) -> HttpClient {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(timeout));
+        HttpClient {
+            inner: Client::builder(TokioExecutor::new()).build(http),
+            timeout,
+        }
+    }
+
+    /// Sends `req` and returns the response head with a streaming body.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<hyper::body::Incoming>, ClientError> {
+        match tokio::time::timeout(self.timeout, self.inner.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(ClientError::Transport(crate::upstream::error_chain(&e))),
+            Err(_) => Err(ClientError::Transport(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body_bytes: Option<Vec<u8>>,
+    ) -> Result<Collected, ClientError> {
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(body_bytes.map(body::full).unwrap_or_else(body::empty))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let (head, incoming) = resp.into_parts();
+        let body = tokio::time::timeout(self.timeout, incoming.collect())
+            .await
+            .map_err(|_| ClientError::Transport("body timed out".into()))?
+            .map_err(|e| ClientError::Transport(crate::upstream::error_chain(&e)))?
+            .to_bytes();
+        Ok(Collected { head, body })
+    }
+}
+
+/// GET a JSON document from `addr`.
+pub async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, ClientError> {
+    let c = HttpClient::new(Duration::from_secs(5));
+    let r = c.call(Method::GET, &format!("http://{addr}{path}"), &[], None).await?;
+    if !r.head.status.is_success() {
+        return Err(ClientError::Answer(format!(
+            "{} {}",
+            r.head.status,
+            String::from_utf8_lossy(&r.body)
+        )));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| ClientError::Answer(e.to_string()))
+}
+
+/// `/api/status` as a one-screen summary.
+pub fn render_status(v: &Value) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "outpost {}  listening on {}  data {}\n",
+        v["version"].as_str().unwrap_or("?"),
+        v["listen"].as_str().unwrap_or("?"),
+        v["data_dir"].as_str().unwrap_or("?")
+    ));
+    out.push_str(&format!("cache budget: {} bytes\n", v["max_size"]));
+    out.push_str("upstreams:\n");
+    for u in v["upstreams"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<12} {}{}\n",
+            u["upstream"].as_str().unwrap_or("?"),
+            if u["online"].as_bool().unwrap_or(false) {
+                "online"
+            } else {
+                "OFFLINE"
+            },
+            u["last_error"]
+                .as_str()
+                .map(|e| format!("  (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}

@@ -1,0 +1,91 @@
+//! The one body type that flows through Outpost, and small constructors for it.
+//!
+//! Request and response bodies are streamed as `BoxBody<Bytes, BoxError>`: whatever produced them (a
+//! client connection, an upstream response, a cached blob, a queued request) they look alike to the
+//! code that moves them, and nothing here collects a body into memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{Instant, Sleep};
+
+/// Errors carried inside bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The streamed body type used everywhere.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A body with no bytes.
+pub fn empty() -> ProxyBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body holding `bytes` (for small, generated answers only).
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Any `hyper::body::Incoming`-like body, boxed.
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// The error an [`IdleTimeout`] body yields when its inner body stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("body stalled: no data for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// Fails a body that produces no frame for `idle` (a stalled upstream must not hold a client forever).
+pub struct IdleTimeout {
+    inner: ProxyBody,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl IdleTimeout {
+    /// Wraps `inner`.
+    pub fn new(inner: ProxyBody, idle: Duration) -> IdleTimeout {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,175 @@
+//! Cache keys and user partitions.
+//!
+//! A primary key is `partition \0 upstream \0 path ? sorted-query` (GET and HEAD share it: HEAD is answered
+//! from a stored GET). Query parameters named by the route's `ignore_query` (a trailing `*` makes a prefix)
+//! are left out, so that presigned URLs of one object (`X-Amz-Signature=...`) share an entry. With `Vary`,
+//! each variant lives under `primary \x01 hash(vary values)`; the primary key then holds the list of fields.
+//!
+//! The partition is who the response belongs to: the JWT `sub` of a `Bearer` token, else a hash of the
+//! whole `Authorization` header, else `anon`. One user's responses are never looked up under another's
+//! partition; a refreshed token of the same user (same `sub`) keeps its partition.
+
+use base64::Engine;
+use http::{header, HeaderMap, Uri};
+
+/// Separator between a primary key and a variant's fingerprint.
+pub const VARIANT_SEP: u8 = 0x01;
+
+/// The partition requests without credentials fall into.
+pub const ANONYMOUS: &str = "anon";
+
+/// Who a request belongs to.
+pub fn partition(headers: &HeaderMap) -> String {
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return ANONYMOUS.to_string();
+    };
+    let raw = auth.as_bytes();
+    if let Some(sub) = auth
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(jwt_sub)
+    {
+        return format!("sub:{sub}");
+    }
+    // Not a JWT: the credential itself identifies the user (a rotated opaque token starts a new partition).
+    format!("auth:{}", &blake3::hash(raw).to_hex()[..32])
+}
+
+/// The `sub` claim of an (unverified) JWT. Verification is the origin's job; the claim only picks a
+/// partition, and a forged `sub` only reaches data that the forger's own requests stored under it.
+fn jwt_sub(token: &str) -> Option<String> {
+    let mut parts = token.trim().split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let sub = claims.get("sub")?.as_str()?;
+    if sub.is_empty() || sub.len() > 256 {
+        return None;
+    }
+    Some(sub.to_string())
+}
+
+/// True when `name` is matched by one of the `ignore_query` patterns.
+fn ignored(name: &str, ignore: &[String]) -> bool {
+    ignore.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix),
+        None => name.eq_ignore_ascii_case(p),
+    })
+}
+
+/// Query with ignored parameters removed and the rest sorted (order-insensitive matching).
+pub fn normalized_query(query: Option<&str>, ignore: &[String]) -> String {
+    let Some(q) = query else { return String::new() };
+    let mut pairs: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| !ignored(p.split('=').next().unwrap_or(""), ignore))
+        .collect();
+    pairs.sort_unstable();
+    pairs.join("&")
+}
+
+/// The primary cache key of a request.
+pub fn primary_key(partition: &str, upstream: &str, uri: &Uri, ignore_query: &[String]) -> Vec<u8> {
+    let q = normalized_query(uri.query(), ignore_query);
+    let mut k = Vec::with_capacity(partition.len() + upstream.len() + uri.path().len() + q.len() + 4);
+    k.extend_from_slice(partition.as_bytes());
+    k.push(0);
+    k.extend_from_slice(upstream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(uri.path().as_bytes());
+    if !q.is_empty() {
+        k.push(b'?');
+        k.extend_from_slice(q.as_bytes());
+    }
+    k
+}
+
+/// The key of one `Vary` variant under a primary key.
+pub fn variant_key(primary: &[u8], vary_values: &[(String, String)]) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    for (name, value) in vary_values {
+        h.update(name.as_bytes());
+        h.update(b":");
+        h.update(value.as_bytes());
+        h.update(b"\n");
+    }
+    let mut k = primary.to_vec();
+    k.push(VARIANT_SEP);
+    k.extend_from_slice(&h.finalize().as_bytes()[..16]);
+    k
+}
+
+/// The partition part of a key (for clearing by user).
+pub fn key_partition(key: &[u8]) -> &[u8] {
+    match key.iter().position(|&b| b == 0) {
+        Some(i) => &key[..i],
+        None => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn auth(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn partition_comes_from_jwt_sub_and_survives_token_refresh() {
+        let t1 = crate::demo::make_token("alice", 1);
+        let t2 = crate::demo::make_token("alice", 2);
+        let tb = crate::demo::make_token("bob", 1);
+        assert_eq!(partition(&auth(&format!("Bearer {t1}"))), "sub:alice");
+        assert_eq!(
+            partition(&auth(&format!("Bearer {t1}"))),
+            partition(&auth(&format!("Bearer {t2}")))
+        );
+        assert_ne!(
+            partition(&auth(&format!("Bearer {t1}"))),
+            partition(&auth(&format!("Bearer {tb}")))
+        );
+        assert_eq!(partition(&HeaderMap::new()), ANONYMOUS);
+        let opaque = partition(&auth("Bearer not-a-jwt"));
+        assert!(opaque.starts_with("auth:"));
+        assert_ne!(opaque, partition(&auth("Bearer other")));
+        assert!(
+            partition(&auth("Bearer a.!!!.c")).starts_with("auth:"),
+            "garbage payload falls back to a hash"
+        );
+    }
+
+    #[test]
+    fn presigned_urls_of_one_object_share_a_key() {
+        let ignore = vec!["X-Amz-*".to_string(), "Expires".to_string()];
+        let a: Uri = "/r/1.mp3?X-Amz-Signature=aaa&X-Amz-Expires=60&v=2".parse().unwrap();
+        let b: Uri = "/r/1.mp3?v=2&x-amz-signature=bbb&Expires=9".parse().unwrap();
+        let c: Uri = "/r/1.mp3?v=3&X-Amz-Signature=aaa".parse().unwrap();
+        let ka = primary_key("anon", "media", &a, &ignore);
+        assert_eq!(ka, primary_key("anon", "media", &b, &ignore));
+        assert_ne!(ka, primary_key("anon", "media", &c, &ignore));
+        assert_ne!(
+            ka,
+            primary_key("sub:bob", "media", &a, &ignore),
+            "partitions never share keys"
+        );
+        assert_eq!(key_partition(&ka), b"anon");
+    }
+
+    #[test]
+    fn query_order_does_not_matter() {
+        let a: Uri = "/x?b=2&a=1".parse().unwrap();
+        let b: Uri = "/x?a=1&b=2".parse().unwrap();
+        assert_eq!(primary_key("p", "u", &a, &[]), primary_key("p", "u", &b, &[]));
+    }
+}

@@ -1,0 +1,475 @@
+//! The HTTP cache: looks up stored responses, serves them from blob files, and fills the store from
+//! upstream responses while they stream to the client (tee).
+//!
+//! Promises: a body is committed only when it arrived whole (no upstream error, length as announced)
+//! and its blob is durable; a blob is verified (size + BLAKE3) before its first use after start, and on
+//! every use with `verify_on_read`, and a blob that fails is dropped with its entries, never served;
+//! concurrent misses for one key make one upstream request (the others wait for that fill).
+
+pub mod key;
+pub mod policy;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::store::{Entry, Lookup, Store, StoreError};
+use policy::{CacheRole, ExchangeTimes, Freshness};
+
+/// Cache failures; none of them reaches a client as such (the proxy falls back to the network).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blob failed verification or could not be read.
+    #[error("blob {hash}: {reason}")]
+    Blob {
+        /// Blob hash.
+        hash: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A stored response found for a request.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Its key (primary or variant).
+    pub key: Vec<u8>,
+    /// The stored head and body reference.
+    pub entry: Entry,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn from_ms(v: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(v)
+}
+
+impl Hit {
+    /// §4.2.3 current age at `now`.
+    pub fn age(&self, headers: &HeaderMap, now: SystemTime) -> Duration {
+        policy::current_age(headers, self.times(), now)
+    }
+
+    /// When the exchange happened.
+    pub fn times(&self) -> ExchangeTimes {
+        ExchangeTimes {
+            request_time: from_ms(self.entry.request_time_ms),
+            response_time: from_ms(self.entry.response_time_ms),
+        }
+    }
+
+    /// Fresh or stale for this request (an invalidated entry is always stale).
+    pub fn freshness(
+        &self,
+        role: CacheRole,
+        ttl: Option<Duration>,
+        req_headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Freshness {
+        if self.entry.invalidated {
+            return Freshness::Stale;
+        }
+        let headers = self.entry.header_map();
+        let status = StatusCode::from_u16(self.entry.status).unwrap_or(StatusCode::OK);
+        let lifetime = policy::freshness_lifetime(role, status, &headers, ttl);
+        policy::evaluate(req_headers, lifetime, self.age(&headers, now), &headers)
+    }
+}
+
+/// State of an in-flight fill, watched by collapsed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillState {
+    /// Still streaming.
+    Running,
+    /// Committed: look the key up again.
+    Done,
+    /// Not stored (error, truncated, not storable).
+    Failed,
+}
+
+/// The right to fill one primary key; dropping it without completing reports `Failed` to followers.
+pub struct FillGuard {
+    cache: Arc<Cache>,
+    primary: Vec<u8>,
+    tx: watch::Sender<FillState>,
+}
+
+impl FillGuard {
+    fn complete(self, state: FillState) {
+        self.tx.send_replace(state);
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if *self.tx.borrow() == FillState::Running {
+            self.tx.send_replace(FillState::Failed);
+        }
+        if let Ok(mut m) = self.cache.inflight.lock() {
+            m.remove(&self.primary);
+        }
+    }
+}
+
+/// Either fill the key yourself or wait for the request already filling it.
+pub enum FillSlot {
+    /// This request fetches and fills.
+    Leader(FillGuard),
+    /// Another request is fetching; wait on this.
+    Follower(watch::Receiver<FillState>),
+}
+
+/// What to record with a committed response.
+pub struct FillInfo {
+    /// Primary key.
+    pub primary: Vec<u8>,
+    /// The request's headers (for Vary).
+    pub req_headers: HeaderMap,
+    /// When the request was sent.
+    pub request_time: SystemTime,
+    /// When the response head arrived.
+    pub response_time: SystemTime,
+    /// Route kind.
+    pub kind: String,
+    /// Route name.
+    pub route: String,
+    /// Request target.
+    pub url: String,
+}
+
+/// The cache engine.
+pub struct Cache {
+    store: Arc<Store>,
+    role: CacheRole,
+    verify_on_read: bool,
+    verified: Mutex<HashSet<String>>,
+    inflight: Mutex<HashMap<Vec<u8>, watch::Receiver<FillState>>>,
+}
+
+impl Cache {
+    /// A cache over `store`.
+    pub fn new(store: Arc<Store>, role: CacheRole, verify_on_read: bool) -> Cache {
+        Cache {
+            store,
+            role,
+            verify_on_read,
+            verified: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Private or shared rules.
+    pub fn role(&self) -> CacheRole {
+        self.role
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The stored response for a request, following `Vary`.
+    pub fn lookup(&self, primary: &[u8], req_headers: &HeaderMap) -> Result<Option<Hit>, CacheError> {
+        match self.store.lookup(primary)? {
+            Lookup::Miss => Ok(None),
+            Lookup::Entry(entry) => Ok(Some(Hit {
+                key: primary.to_vec(),
+                entry,
+            })),
+            Lookup::Vary(fields) => {
+                let values = policy::vary_values(&fields, req_headers);
+                let key = key::variant_key(primary, &values);
+                Ok(self.store.entry(&key)?.map(|entry| Hit { key, entry }))
+            }
+        }
+    }
+
+    /// Claims the fill of `primary`, or joins the one in flight.
+    pub fn claim(self: &Arc<Self>, primary: &[u8]) -> FillSlot {
+        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = m.get(primary) {
+            return FillSlot::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(FillState::Running);
+        m.insert(primary.to_vec(), rx);
+        FillSlot::Leader(FillGuard {
+            cache: self.clone(),
+            primary: primary.to_vec(),
+            tx,
+        })
+    }
+
+    /// Marks stored responses for `primary` invalidated (RFC 9111 §4.4).
+    pub fn invalidate(&self, primary: &[u8]) -> Result<usize, CacheError> {
+        Ok(self.store.invalidate(primary)?)
+    }
+
+    /// Checks the blob of `entry` if this process has not yet (or always with `verify_on_read`). A blob
+    /// that fails is deleted along with the entry, and the hit becomes a miss.
+    async fn ensure_verified(&self, hit: &Hit) -> Result<(), CacheError> {
+        let hash = &hit.entry.blob;
+        if !self.verify_on_read && self.verified.lock().map(|s| s.contains(hash)).unwrap_or(false) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let id = crate::store::BlobId {
+            hash: hash.clone(),
+            size: hit.entry.size,
+        };
+        let key = hit.key.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = store.blobs().verify(&id)?;
+            if !ok {
+                tracing::error!(blob = %id.hash, "blob failed verification; dropping it and its entry");
+                store.remove_entry(&key).map_err(std::io::Error::other)?;
+                store.blobs().remove(&id.hash)?;
+            }
+            Ok::<bool, std::io::Error>(ok)
+        })
+        .await
+        .map_err(|e| CacheError::Blob {
+            hash: hash.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| CacheError::Blob {
+            hash: hash.clone(),
+            reason: e.to_string(),
+        })?;
+        if !ok {
+            return Err(CacheError::Blob {
+                hash: hash.clone(),
+                reason: "size or hash mismatch".into(),
+            });
+        }
+        if let Ok(mut s) = self.verified.lock() {
+            s.insert(hash.clone());
+        }
+        Ok(())
+    }
+
+    /// Builds the response for a stored entry: stored head, `Age`, and the body streamed from its blob
+    /// (none for HEAD).
+    pub async fn respond(
+        &self,
+        hit: &Hit,
+        head_only: bool,
+        now: SystemTime,
+    ) -> Result<Response<ProxyBody>, CacheError> {
+        self.ensure_verified(hit).await?;
+        let headers = hit.entry.header_map();
+        let age = hit.age(&headers, now);
+        let body = if head_only || hit.entry.size == 0 {
+            body::empty()
+        } else {
+            let file = self
+                .store
+                .blobs()
+                .open_blob(&hit.entry.blob)
+                .map_err(|e| CacheError::Blob {
+                    hash: hit.entry.blob.clone(),
+                    reason: e.to_string(),
+                })?;
+            file_body(tokio::fs::File::from_std(file), hit.entry.size)
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = StatusCode::from_u16(hit.entry.status).unwrap_or(StatusCode::OK);
+        *resp.headers_mut() = headers;
+        resp.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
+        if !resp.headers().contains_key(header::CONTENT_LENGTH) && hit.entry.status != 204 {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(hit.entry.size));
+        }
+        Ok(resp)
+    }
+
+    /// Streams `resp` to the client while writing its body to a new blob; commits the entry when the
+    /// body ended whole. The fill continues if the client goes away. `guard` is released when done.
+    pub fn tee(
+        self: &Arc<Self>,
+        info: FillInfo,
+        resp: Response<ProxyBody>,
+        guard: Option<FillGuard>,
+    ) -> Response<ProxyBody> {
+        let (parts, mut upstream_body) = resp.into_parts();
+        let announced: Option<u64> = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let resp_headers = parts.headers.clone();
+        let status = parts.status;
+        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(16);
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut writer = match cache.store.blobs().begin() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a blob; response not stored");
+                    None
+                }
+            };
+            let mut client = Some(tx);
+            let mut whole = false;
+            while let Some(frame) = upstream_body.frame().await {
+                match frame {
+                    Err(e) => {
+                        tracing::warn!(url = %info.url, error = %e, "upstream body failed; not stored");
+                        if let Some(tx) = &client {
+                            let _ = tx.send(Err(e)).await;
+                        }
+                        client = None;
+                        writer = None;
+                        break;
+                    }
+                    Ok(frame) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        if let Some(w) = &mut writer {
+                            if let Err(e) = w.write(&data) {
+                                tracing::warn!(error = %e, "blob write failed; response not stored");
+                                writer = None;
+                            }
+                        }
+                        if let Some(tx) = &client {
+                            if tx.send(Ok(data)).await.is_err() {
+                                client = None;
+                            }
+                        }
+                        if writer.is_none() && client.is_none() {
+                            break;
+                        }
+                    }
+                }
+                if upstream_body.is_end_stream() {
+                    whole = true;
+                    break;
+                }
+            }
+            if writer.is_some() && !whole {
+                // `frame()` returned None: the body ended normally.
+                whole = true;
+            }
+            // The client has every byte now; durability work happens after its body ends.
+            drop(client);
+            let state = match writer {
+                Some(w) if whole && announced.is_none_or(|n| n == w.len()) => {
+                    let store = cache.store.clone();
+                    let committed =
+                        tokio::task::spawn_blocking(move || commit(&store, info, status, &resp_headers, w)).await;
+                    match committed {
+                        Ok(Ok(())) => FillState::Done,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "storing a response failed");
+                            FillState::Failed
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "storing a response panicked");
+                            FillState::Failed
+                        }
+                    }
+                }
+                Some(w) => {
+                    tracing::warn!(url = %info.url, got = w.len(), ?announced, "truncated upstream body; not stored");
+                    FillState::Failed
+                }
+                None => FillState::Failed,
+            };
+            if let Some(g) = guard {
+                g.complete(state);
+            }
+        });
+        Response::from_parts(parts, channel_body(rx))
+    }
+}
+
+/// Makes the blob durable, then commits the entry (blocking).
+fn commit(
+    store: &Store,
+    info: FillInfo,
+    status: StatusCode,
+    resp_headers: &HeaderMap,
+    w: crate::store::BlobWriter,
+) -> Result<(), CacheError> {
+    let blob = store.blobs().finish(w).map_err(|e| CacheError::Blob {
+        hash: "-".into(),
+        reason: e.to_string(),
+    })?;
+    let fields = policy::vary_fields(resp_headers);
+    let (key, vary) = if fields.is_empty() {
+        (info.primary.clone(), Vec::new())
+    } else {
+        let values = policy::vary_values(&fields, &info.req_headers);
+        (key::variant_key(&info.primary, &values), values)
+    };
+    let mut entry = Entry {
+        status: status.as_u16(),
+        headers: Vec::new(),
+        blob: blob.hash.clone(),
+        size: blob.size,
+        request_time_ms: ms(info.request_time),
+        response_time_ms: ms(info.response_time),
+        vary,
+        kind: info.kind,
+        route: info.route,
+        url: info.url,
+        invalidated: false,
+    };
+    entry.set_headers(&storable_headers(resp_headers));
+    store.commit_entry(&info.primary, &key, &fields, &entry, &blob)?;
+    Ok(())
+}
+
+/// Headers kept with a stored response: connection-specific and per-hop fields are not (RFC 9111 §3.1).
+fn storable_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = h.clone();
+    crate::proxy::strip_hop_by_hop(&mut out);
+    for name in ["x-outpost-cache", "x-outpost-pending"] {
+        out.remove(name);
+    }
+    out
+}
+
+/// A body fed by the fill task; ends with the upstream's error if it had one.
+fn channel_body(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> ProxyBody {
+    let s = stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item.map(Frame::data), rx))
+    });
+    StreamBody::new(s).boxed()
+}
+
+/// Streams `size` bytes of a blob file in 64 KiB chunks; a short file ends the body with an error.
+pub fn file_body(file: tokio::fs::File, size: u64) -> ProxyBody {
+    let s = stream::unfold((file, size), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = left.min(64 * 1024) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        match file.read(&mut buf).await {
+            Ok(0) => Some((Err::<Frame<Bytes>, BoxError>("blob ended early".into()), (file, 0))),
+            Ok(n) => {
+                buf.truncate(n);
+                let left = left - n as u64;
+                Some((Ok(Frame::data(buf.freeze())), (file, left)))
+            }
+            Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0))),
+        }
+    });
+    StreamBody::new(s).boxed()
+}

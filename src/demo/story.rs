@@ -1,0 +1,296 @@
+//! `outpost demo`: the offline story, narrated step by step against the demo backend and a real Outpost.
+//!
+//! Each step is a check that must pass, or is marked plainly as not available yet (a capability of a later
+//! milestone). The report counts failures; the command exits non-zero if any step that should work failed.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::Value;
+
+use super::{DemoBackend, DemoOptions, Fault};
+use crate::admin::client::{Collected, HttpClient};
+use crate::config::{Config, Overrides};
+use crate::Outpost;
+
+/// How the story went.
+#[derive(Debug, Default)]
+pub struct StoryReport {
+    /// Steps that worked.
+    pub passed: usize,
+    /// Steps that should have worked and did not.
+    pub failed: usize,
+    /// Steps that need capabilities not built yet.
+    pub not_yet: usize,
+}
+
+impl StoryReport {
+    fn ok(&mut self, what: &str) {
+        self.passed += 1;
+        println!("  ok       {what}");
+    }
+
+    fn fail(&mut self, what: &str, why: impl std::fmt::Display) {
+        self.failed += 1;
+        println!("  FAILED   {what}: {why}");
+    }
+
+    fn not_yet(&mut self, what: &str, why: &str) {
+        self.not_yet += 1;
+        println!("  not yet  {what} ({why})");
+    }
+
+    fn check(&mut self, what: &str, r: Result<String, String>) -> bool {
+        match r {
+            Ok(detail) => {
+                self.ok(&format!("{what}: {detail}"));
+                true
+            }
+            Err(e) => {
+                self.fail(what, e);
+                false
+            }
+        }
+    }
+}
+
+/// The Outpost config the demo uses: the API and the media host as two upstreams.
+pub fn demo_config(backend: &DemoBackend, data_dir: &std::path::Path) -> Result<Config, crate::config::ConfigError> {
+    let src = format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+default_upstream = "api"
+shutdown_grace = "2s"
+
+[upstreams.api]
+url = "{api}"
+connect_timeout = "1s"
+first_byte_timeout = "5s"
+
+[upstreams.media]
+url = "{media}"
+connect_timeout = "1s"
+first_byte_timeout = "5s"
+
+[[routes]]
+name = "messages"
+path = "/api/v1/threads/{{thread_id}}/messages"
+kind = "messages"
+
+[[routes]]
+name = "snapshots"
+path = "/api/v1/threads/{{thread_id}}/messages/{{message_id}}/snapshot"
+kind = "snapshots"
+
+[[routes]]
+name = "library"
+prefix = "/api/v1/library"
+kind = "library"
+
+[[routes]]
+name = "media"
+prefix = "/media/s3/"
+strip_prefix = "/media/s3"
+upstream = "media"
+kind = "audio"
+ignore_query = ["X-Amz-*"]
+"#,
+        data_dir = data_dir.display().to_string(),
+        api = backend.api_url(),
+        media = backend.media_url(),
+    );
+    Config::from_toml(&src, "<demo>", &Overrides::default())
+}
+
+fn expect_status(r: &Result<Collected, impl std::fmt::Display>, want: u16) -> Result<&Collected, String> {
+    match r {
+        Ok(c) if c.head.status.as_u16() == want => Ok(c),
+        Ok(c) => Err(format!(
+            "status {} (wanted {want}): {}",
+            c.head.status,
+            String::from_utf8_lossy(&c.body)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs the story; with `keep_running` it then waits for Ctrl-C with everything up.
+pub async fn run(keep_running: bool) -> std::io::Result<StoryReport> {
+    let mut report = StoryReport::default();
+    let dir = tempfile::tempdir()?;
+    let backend = DemoBackend::start(DemoOptions::default()).await?;
+    let config = demo_config(&backend, dir.path()).map_err(std::io::Error::other)?;
+    let mut outpost = Outpost::start(config.clone()).await.map_err(std::io::Error::other)?;
+    let client = HttpClient::new(Duration::from_secs(10));
+    let mut base = format!("http://{}", outpost.addr());
+    println!(
+        "demo backend: API {} media {} control {}",
+        backend.api_url(),
+        backend.media_url(),
+        backend.control_url()
+    );
+    println!("outpost:      {base} (admin http://{})\n", outpost.admin_addr());
+
+    println!("1. Online: the app browses through Outpost");
+    let threads = client
+        .call(Method::GET, &format!("{base}/api/v1/threads"), &[], None)
+        .await;
+    report.check(
+        "list threads",
+        expect_status(&threads, 200).map(|c| format!("{} threads", c.json()["threads"].as_array().map_or(0, Vec::len))),
+    );
+    let msgs = client
+        .call(Method::GET, &format!("{base}/api/v1/threads/t1/messages"), &[], None)
+        .await;
+    let render_url = expect_status(&msgs, 200).ok().and_then(|c| {
+        c.json()["messages"][0]["renders"][0]["url"]
+            .as_str()
+            .map(str::to_string)
+    });
+    report.check(
+        "open thread t1",
+        expect_status(&msgs, 200).map(|c| {
+            format!(
+                "{} messages with audio renders",
+                c.json()["messages"].as_array().map_or(0, Vec::len)
+            )
+        }),
+    );
+    let snap = client
+        .call(
+            Method::GET,
+            &format!("{base}/api/v1/threads/t1/messages/t1-m1/snapshot"),
+            &[],
+            None,
+        )
+        .await;
+    report.check(
+        "open a project snapshot",
+        expect_status(&snap, 200).map(|c| format!("{} KB of JSON", c.body.len() / 1024)),
+    );
+
+    match render_url {
+        Some(u) if u.contains(&backend.media_url()) => {
+            report.not_yet("audio URLs in JSON point at Outpost", "media URL rewriting arrives with the audio milestone; the demo plays through the /media/s3/ route instead");
+        }
+        Some(_) => report.ok("audio URLs in JSON point at Outpost"),
+        None => report.fail("find the render's audio URL", "no renders[0].url in the messages JSON"),
+    }
+    let audio = client
+        .call(
+            Method::GET,
+            &format!("{base}/media/s3/renders/a1.mp3?X-Amz-Signature=one"),
+            &[("range", "bytes=0-65535")],
+            None,
+        )
+        .await;
+    report.check(
+        "play audio (first 64 KiB as a player asks for it)",
+        expect_status(&audio, 206)
+            .map(|c| format!("{} bytes, {}", c.body.len(), c.header("content-range").unwrap_or("?"))),
+    );
+
+    println!("\n2. The backend goes away");
+    backend.set_fault(Fault::Down);
+    let t = Instant::now();
+    let offline = client
+        .call(Method::GET, &format!("{base}/api/v1/threads/t1/messages"), &[], None)
+        .await;
+    match &offline {
+        Ok(c) if c.head.status.is_success() => report.ok(&format!(
+            "keep browsing thread t1 offline: {} from cache",
+            c.head.status
+        )),
+        Ok(c) if c.head.status == 502 && t.elapsed() < Duration::from_secs(3) => {
+            report.ok(&format!(
+                "offline answer is immediate and clear: 502 in {} ms, {}",
+                t.elapsed().as_millis(),
+                String::from_utf8_lossy(&c.body)
+            ));
+            report.not_yet(
+                "keep browsing thread t1 offline",
+                "answers from the persistent cache arrive with the cache milestone",
+            );
+        }
+        Ok(c) => report.fail(
+            "offline answer",
+            format!("status {} after {:?}", c.head.status, t.elapsed()),
+        ),
+        Err(e) => report.fail("offline answer", e),
+    }
+    let add = client
+        .call(
+            Method::POST,
+            &format!("{base}/api/v1/library/items"),
+            &[("content-type", "application/json")],
+            Some(br#"{"audio_file_id":"a3","title":"Offline pick"}"#.to_vec()),
+        )
+        .await;
+    match &add {
+        Ok(c) if c.head.status == 202 => report.ok("add a library item offline: queued (202)"),
+        Ok(c) if c.head.status == 502 => report.not_yet(
+            "add a library item offline",
+            "the durable outbox arrives with the queue milestone; today the app gets a 502",
+        ),
+        Ok(c) => report.fail("add a library item offline", format!("status {}", c.head.status)),
+        Err(e) => report.fail("add a library item offline", e),
+    }
+
+    println!("\n3. The proxy restarts while offline");
+    outpost.shutdown().await;
+    match Outpost::start(config.clone()).await {
+        Ok(o) => {
+            outpost = o;
+            base = format!("http://{}", outpost.addr());
+            report.ok("restart on the same data directory");
+        }
+        Err(e) => {
+            report.fail("restart on the same data directory", e);
+            backend.stop().await;
+            return Ok(report);
+        }
+    }
+
+    println!("\n4. The backend comes back");
+    backend.set_fault(Fault::Up);
+    let lib = client
+        .call(Method::GET, &format!("{base}/api/v1/library"), &[], None)
+        .await;
+    report.check(
+        "library is reachable again",
+        expect_status(&lib, 200).map(|c| format!("{} items", c.json()["items"].as_array().map_or(0, Vec::len))),
+    );
+    let applied: Vec<Value> = backend
+        .state()
+        .mutations()
+        .iter()
+        .map(|m| serde_json::json!([m.method, m.path]))
+        .collect();
+    if backend.state().library_audio_ids().contains(&"a3".to_string()) {
+        report.ok("the offline library change reached the backend exactly once");
+    } else {
+        report.not_yet(
+            "the offline library change is replayed to the backend",
+            "replay arrives with the queue milestone",
+        );
+    }
+    println!(
+        "  backend applied {} mutations: {}",
+        applied.len(),
+        Value::Array(applied)
+    );
+
+    println!(
+        "\n{} ok, {} not yet available, {} failed",
+        report.passed, report.not_yet, report.failed
+    );
+    if keep_running {
+        println!("\nEverything keeps running; press Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    outpost.shutdown().await;
+    backend.stop().await;
+    Ok(report)
+}

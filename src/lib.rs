@@ -1,0 +1,180 @@
+//! Outpost: an offline-first caching HTTP reverse proxy that runs beside an unmodified app.
+//!
+//! # Layout
+//! - [`config`]: TOML + flags → a checked [`config::Config`]; every error names file, line, key, reason.
+//! - [`routes`]: the route table (path patterns with `{params}` → upstream + policy), first match wins.
+//! - [`proxy`]: the request path: classify, route, forward with streamed bodies, answer errors.
+//! - [`upstream`]: pooled rustls clients per named upstream, timeouts, connectivity state.
+//! - [`cache`]: RFC 9111 rules, cache keys and user partitions, serving from and filling the store.
+//! - [`store`]: the data directory: RocksDB column families and content-addressed blob files.
+//! - [`admin`]: the admin API on its own loopback port.
+//! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
+//! - [`demo`]: the demo backend shaped like the product's API, with fault knobs; used by `demo` and tests.
+//! - [`body`]: the streamed body type everything passes around.
+//!
+//! [`Outpost::start`] is the embeddable entry point: no globals, everything hangs off the returned handle.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::cache::policy::CacheRole;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::server::{Server, ShutdownSignal};
+use crate::store::{Store, StoreError};
+use crate::upstream::{TlsSetupError, Upstreams};
+
+/// Why Outpost could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `proxy` or `admin`.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An upstream's TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+/// A running Outpost instance.
+pub struct Outpost {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: ShutdownSignal,
+    proxy_server: Server,
+    admin_server: Server,
+    store: Arc<Store>,
+    upstreams: Arc<Upstreams>,
+}
+
+impl Outpost {
+    /// Opens the data directory, binds both listeners and starts serving.
+    pub async fn start(config: Config) -> Result<Outpost, StartError> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        // Before serving: a blob renamed into place whose entry never committed (crash) is removed.
+        let orphans = store.remove_orphan_blobs()?;
+        if orphans > 0 {
+            tracing::info!(orphans, "removed blob files left by an interrupted fill");
+        }
+        let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                what: "proxy",
+                source,
+            })?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                what: "admin",
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            what: "proxy",
+            source,
+        })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            what: "admin",
+            source,
+        })?;
+
+        let shutdown = ShutdownSignal::new();
+        let role = if config.cache.shared {
+            CacheRole::Shared
+        } else {
+            CacheRole::Private
+        };
+        let cache = Arc::new(Cache::new(store.clone(), role, config.cache.verify_on_read));
+        for upstream in upstreams.iter() {
+            tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
+        }
+        let proxy = Arc::new(Proxy::new(config.route_table(), upstreams.clone(), cache));
+        let proxy_server = Server::spawn(
+            "proxy",
+            listener,
+            shutdown.clone(),
+            config.shutdown_grace,
+            move |req, peer| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(req, peer).await }
+            },
+        );
+        let admin = Arc::new(admin::Admin::new(upstreams.clone(), Arc::new(config.clone())));
+        let admin_server = Server::spawn(
+            "admin",
+            admin_listener,
+            shutdown.clone(),
+            config.shutdown_grace,
+            move |req, _peer| {
+                let admin = admin.clone();
+                async move { admin.handle(req).await }
+            },
+        );
+        tracing::info!(%addr, %admin_addr, data_dir = %config.data_dir.display(), "outpost started");
+        Ok(Outpost {
+            addr,
+            admin_addr,
+            shutdown,
+            proxy_server,
+            admin_server,
+            store,
+            upstreams,
+        })
+    }
+
+    /// Where apps connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The upstream clients and their connectivity.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to the grace period, then flushes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        self.proxy_server.finished().await;
+        self.admin_server.finished().await;
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "flushing the store at shutdown failed");
+        }
+        tracing::info!("outpost stopped");
+    }
+}

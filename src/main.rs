@@ -1,0 +1,220 @@
+//! The `outpost` command: parses flags, loads config, and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use outpost::config::{Config, LogFormat, Overrides};
+use outpost::demo::{DemoBackend, DemoOptions};
+use outpost::Outpost;
+
+/// Offline-first caching reverse proxy for apps.
+#[derive(Parser)]
+#[command(name = "outpost", version, about)]
+struct Cli {
+    /// Log format (overrides the file's `log_format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Config file (TOML). Without one, --upstream is required.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// URL of the default upstream (overrides the file).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Address apps connect to [default: 127.0.0.1:8787].
+    #[arg(long, env = "OUTPOST_LISTEN")]
+    listen: Option<String>,
+    /// Admin API address [default: 127.0.0.1:8788].
+    #[arg(long)]
+    admin: Option<String>,
+    /// Data directory [default: ./outpost-data].
+    #[arg(long, env = "OUTPOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Cache size budget, e.g. 500MB, 2GiB [default: 500MB].
+    #[arg(long)]
+    max_size: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Run the demo backend, the proxy and the offline story end to end.
+    Demo {
+        /// Keep everything running after the story, for exploring by hand.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Run the demo backend alone.
+    DemoBackend {
+        /// API address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        /// Media ("S3") address.
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        media: SocketAddr,
+        /// Control (fault knobs) address.
+        #[arg(long, default_value = "127.0.0.1:9102")]
+        control: SocketAddr,
+    },
+    /// Show a running instance's status (from its admin API).
+    Status {
+        /// Admin address of the running instance.
+        #[arg(long, default_value = outpost::config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let flag_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Serve(args) => {
+            let overrides = Overrides {
+                upstream: args.upstream,
+                listen: args.listen,
+                admin: args.admin,
+                data_dir: args.data_dir,
+                max_size: args.max_size,
+            };
+            let config = match &args.config {
+                Some(path) => Config::load(path, &overrides)?,
+                None => Config::from_overrides(&overrides)?,
+            };
+            init_logging(flag_format.unwrap_or(config.log_format));
+            let outpost = Outpost::start(config).await?;
+            println!(
+                "outpost listening on http://{} (admin http://{})",
+                outpost.addr(),
+                outpost.admin_addr()
+            );
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            outpost.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
+            Ok(config) => {
+                println!("{}: ok", file.display());
+                println!("{}", config.to_pretty_json());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Demo { keep_running } => {
+            init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let report = outpost::demo::story::run(keep_running).await.context("demo")?;
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::DemoBackend { listen, media, control } => {
+            init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let backend = DemoBackend::start(DemoOptions {
+                api: listen,
+                media,
+                control,
+                ..Default::default()
+            })
+            .await
+            .context("starting the demo backend")?;
+            println!("demo API     {}", backend.api_url());
+            println!("demo media   {}", backend.media_url());
+            println!(
+                "demo control {}  (PUT /faults {{\"mode\":\"down\"}}, GET /mutations)",
+                backend.control_url()
+            );
+            wait_for_signal().await;
+            backend.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { admin } => {
+            let body = outpost::admin::client::get_json(admin, "/api/status")
+                .await
+                .with_context(|| {
+                    format!("no Outpost answering on admin address {admin} (is it running? pass --admin ADDR)")
+                })?;
+            println!("{}", outpost::admin::client::render_status(&body));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,722 @@
+//! The request path: classify the request, pick its route and upstream, forward it with streamed bodies,
+//! and turn failures into clear answers.
+//!
+//! Promises: bodies are never collected in memory; hop-by-hop headers (RFC 9110 §7.6.1, including those
+//! named in `Connection`) never cross; `Via` and `X-Forwarded-For`/`-Proto` are added; an unreachable
+//! upstream gives a JSON 502 (504 when it accepted but did not answer) within the configured timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::body::{self, ProxyBody};
+use crate::cache::key;
+use crate::cache::policy::{self, CacheControl, Freshness};
+use crate::cache::{Cache, FillGuard, FillInfo, FillSlot, FillState, Hit};
+use crate::config::Strategy;
+use crate::routes::{RouteMatch, RouteTable};
+use crate::upstream::{Upstream, UpstreamError, Upstreams};
+
+/// `Via` pseudonym (RFC 9110 §7.6.3).
+const VIA_NAME: &str = "outpost";
+
+/// Seconds a client is told to wait before retrying an offline miss.
+const OFFLINE_RETRY_AFTER: &str = "5";
+
+/// How a request was answered; the `X-Outpost-Cache` header, the log line and metrics use the same label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh stored response, no upstream contact.
+    Hit,
+    /// Answered by the upstream (and stored if storable).
+    Miss,
+    /// Stored response served stale by policy (stale-while-revalidate, cache-first, cache-only).
+    Stale,
+    /// Stored response confirmed by a 304.
+    Revalidated,
+    /// Stored response served because the upstream is unreachable.
+    Offline,
+    /// Not a cacheable exchange (mutations, network-only routes, errors before routing).
+    Bypass,
+}
+
+impl Outcome {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Stale => "STALE",
+            Outcome::Revalidated => "REVALIDATED",
+            Outcome::Offline => "OFFLINE",
+            Outcome::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// The parts of a request needed again after its body is gone (revalidation, background refresh).
+#[derive(Debug, Clone)]
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+}
+
+/// A network answer for a cacheable request.
+enum Fetched {
+    /// The upstream confirmed the stored response.
+    NotModified(Response<ProxyBody>),
+    /// A full answer (already being stored if storable).
+    Full(Response<ProxyBody>),
+}
+
+/// The proxy's shared state: route table, upstream clients and the cache.
+pub struct Proxy {
+    routes: RouteTable,
+    upstreams: Arc<Upstreams>,
+    cache: Arc<Cache>,
+}
+
+impl Proxy {
+    /// Builds the request handler.
+    pub fn new(routes: RouteTable, upstreams: Arc<Upstreams>, cache: Arc<Cache>) -> Proxy {
+        Proxy {
+            routes,
+            upstreams,
+            cache,
+        }
+    }
+
+    /// Handles one client request end to end; never fails (errors become responses).
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        if let Err(reason) = check_request(&req) {
+            let resp = json_error(StatusCode::BAD_REQUEST, reason, None);
+            log_line(&method, &path, "-", "-", resp.status(), Outcome::Bypass, started);
+            return resp;
+        }
+        let route = self.routes.route(&method, &path);
+        let upstream = self.upstreams.get(route.upstream).clone();
+        let cacheable =
+            (method == Method::GET || method == Method::HEAD) && route.policy.strategy != Strategy::NetworkOnly;
+        let (mut resp, outcome) = if cacheable {
+            let (parts, _body) = req.into_parts();
+            self.cached(head_of(parts), &route, &upstream, peer).await
+        } else {
+            let unsafe_method = policy::is_unsafe(&method);
+            let target = unsafe_method.then(|| (req.uri().clone(), key::partition(req.headers())));
+            match self.forward(req.map(body::boxed), &route, &upstream, peer, None).await {
+                Ok(resp) => {
+                    if let Some((uri, partition)) = target {
+                        if resp.status().is_success() || resp.status().is_redirection() {
+                            self.invalidate_after_unsafe(&uri, &partition, resp.headers(), &upstream);
+                        }
+                    }
+                    (resp, Outcome::Bypass)
+                }
+                Err(e) => (upstream_failure(&e), Outcome::Bypass),
+            }
+        };
+        resp.headers_mut().insert(
+            HeaderName::from_static("x-outpost-cache"),
+            HeaderValue::from_static(outcome.as_str()),
+        );
+        log_line(
+            &method,
+            &path,
+            route.name,
+            upstream.name(),
+            resp.status(),
+            outcome,
+            started,
+        );
+        resp
+    }
+
+    /// GET/HEAD through the cache, per the route's strategy.
+    async fn cached(
+        self: &Arc<Self>,
+        req: RequestHead,
+        route: &RouteMatch<'_>,
+        upstream: &Arc<Upstream>,
+        peer: SocketAddr,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let partition = key::partition(&req.headers);
+        let primary = key::primary_key(&partition, upstream.name(), &req.uri, &route.policy.ignore_query);
+        let now = SystemTime::now();
+        let head_only = req.method == Method::HEAD;
+        let stored = match self.cache.lookup(&primary, &req.headers) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache lookup failed; going to the network");
+                None
+            }
+        };
+        let req_cc = CacheControl::parse(&req.headers);
+        let strategy = route.policy.strategy;
+        let online = upstream.connectivity().is_online();
+        let fresh = stored
+            .as_ref()
+            .map(|h| h.freshness(self.cache.role(), route.policy.ttl, &req.headers, now) == Freshness::Fresh);
+
+        if req_cc.only_if_cached || strategy == Strategy::CacheOnly {
+            // §5.2.1.7: answer from the store or 504, never the network.
+            return match stored {
+                Some(hit) => {
+                    let outcome = if fresh == Some(true) {
+                        Outcome::Hit
+                    } else {
+                        Outcome::Stale
+                    };
+                    self.serve(&hit, &req, outcome).await
+                }
+                None => (
+                    json_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "not in the cache (only-if-cached / cache-only)",
+                        Some(upstream.name()),
+                    ),
+                    Outcome::Miss,
+                ),
+            };
+        }
+
+        if let Some(hit) = stored {
+            let fresh = fresh == Some(true);
+            let answer_now = match strategy {
+                Strategy::CacheFirst | Strategy::StaleWhileRevalidate => true,
+                Strategy::NetworkFirst => false,
+                _ => fresh,
+            };
+            if answer_now || !online {
+                if !fresh && online && strategy == Strategy::StaleWhileRevalidate {
+                    self.refresh_in_background(req.clone(), route, upstream.clone(), hit.clone(), peer);
+                }
+                let outcome = match (fresh, online) {
+                    (true, _) => Outcome::Hit,
+                    (false, false) => Outcome::Offline,
+                    (false, true) => Outcome::Stale,
+                };
+                return self.serve(&hit, &req, outcome).await;
+            }
+            // Stale (or network-first): ask the upstream, bounded by the route's network timeout because
+            // the stored response can answer if it does not.
+            let limit = route.policy.network_timeout;
+            return match self
+                .fetch(&req, route, upstream, Some(&hit), Some(limit), None, peer)
+                .await
+            {
+                Ok(Fetched::NotModified(resp304)) => self.revalidated(hit, resp304, &req).await,
+                Ok(Fetched::Full(resp)) => (resp, Outcome::Miss),
+                Err(e) => {
+                    tracing::debug!(error = %e, "revalidation failed; serving the stored response");
+                    self.serve(&hit, &req, Outcome::Offline).await
+                }
+            };
+        }
+
+        if !online {
+            return (offline_miss(upstream.name()), Outcome::Miss);
+        }
+        if head_only {
+            return match self.fetch(&req, route, upstream, None, None, None, peer).await {
+                Ok(Fetched::Full(resp)) | Ok(Fetched::NotModified(resp)) => (resp, Outcome::Miss),
+                Err(e) => (miss_failure(&e), Outcome::Miss),
+            };
+        }
+        // Collapse concurrent misses: one request fetches, the others wait for its fill.
+        match self.cache.claim(&primary) {
+            FillSlot::Leader(guard) => match self.fetch(&req, route, upstream, None, None, Some(guard), peer).await {
+                Ok(Fetched::Full(resp)) | Ok(Fetched::NotModified(resp)) => (resp, Outcome::Miss),
+                Err(e) => (miss_failure(&e), Outcome::Miss),
+            },
+            FillSlot::Follower(mut rx) => {
+                let cfg = upstream.config();
+                let wait = cfg.connect_timeout + cfg.first_byte_timeout + cfg.idle_timeout;
+                let state = tokio::time::timeout(wait, rx.wait_for(|s| *s != FillState::Running))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().map(|s| *s));
+                if state == Some(FillState::Done) {
+                    if let Ok(Some(hit)) = self.cache.lookup(&primary, &req.headers) {
+                        let (resp, _) = self.serve(&hit, &req, Outcome::Miss).await;
+                        return (resp, Outcome::Miss);
+                    }
+                }
+                if !upstream.connectivity().is_online() {
+                    return (offline_miss(upstream.name()), Outcome::Miss);
+                }
+                match self.fetch(&req, route, upstream, None, None, None, peer).await {
+                    Ok(Fetched::Full(resp)) | Ok(Fetched::NotModified(resp)) => (resp, Outcome::Miss),
+                    Err(e) => (miss_failure(&e), Outcome::Miss),
+                }
+            }
+        }
+    }
+
+    /// Serves a stored response; a blob that fails verification turns into a network fetch (or an offline
+    /// miss). A matching `If-None-Match` from the client gets a 304.
+    async fn serve(&self, hit: &Hit, req: &RequestHead, outcome: Outcome) -> (Response<ProxyBody>, Outcome) {
+        if let Some(resp) = client_not_modified(hit, &req.headers) {
+            return (resp, outcome);
+        }
+        match self
+            .cache
+            .respond(hit, req.method == Method::HEAD, SystemTime::now())
+            .await
+        {
+            Ok(resp) => (resp, outcome),
+            Err(e) => {
+                tracing::warn!(error = %e, "stored response unusable");
+                (offline_miss("cache"), Outcome::Miss)
+            }
+        }
+    }
+
+    /// Applies a 304 to the stored entry and serves it.
+    async fn revalidated(
+        &self,
+        mut hit: Hit,
+        not_modified: Response<ProxyBody>,
+        req: &RequestHead,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let mut headers = hit.entry.header_map();
+        let mut fresh_headers = not_modified.headers().clone();
+        strip_hop_by_hop(&mut fresh_headers);
+        fresh_headers.remove(header::VIA);
+        fresh_headers.remove("x-outpost-cache");
+        policy::update_from_304(&mut headers, &fresh_headers);
+        hit.entry.set_headers(&headers);
+        let now = SystemTime::now();
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        hit.entry.request_time_ms = ms;
+        hit.entry.response_time_ms = ms;
+        hit.entry.invalidated = false;
+        if let Err(e) = self.cache.store().update_entry(&hit.key, &hit.entry) {
+            tracing::warn!(error = %e, "updating a revalidated entry failed");
+        }
+        self.serve(&hit, req, Outcome::Revalidated).await
+    }
+
+    /// One network exchange for a cacheable request: adds validators when a stored response exists, and
+    /// tees a storable answer into the store.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch(
+        self: &Arc<Self>,
+        req: &RequestHead,
+        route: &RouteMatch<'_>,
+        upstream: &Arc<Upstream>,
+        stored: Option<&Hit>,
+        limit: Option<Duration>,
+        guard: Option<FillGuard>,
+        peer: SocketAddr,
+    ) -> Result<Fetched, UpstreamError> {
+        let mut headers = req.headers.clone();
+        let client_conditional =
+            headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_MODIFIED_SINCE);
+        let we_validate = stored.is_some() && !client_conditional;
+        if we_validate {
+            if let Some(hit) = stored {
+                for (name, value) in policy::conditional_headers(&hit.entry.header_map()) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+        let mut out = Request::new(body::empty());
+        *out.method_mut() = req.method.clone();
+        *out.uri_mut() = req.uri.clone();
+        *out.version_mut() = req.version;
+        *out.headers_mut() = headers;
+        let request_time = SystemTime::now();
+        let resp = self.forward(out, route, upstream, peer, limit).await?;
+        let response_time = SystemTime::now();
+        if we_validate && resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(Fetched::NotModified(resp));
+        }
+        let role = self.cache.role();
+        let storable = policy::storable(role, &req.method, &req.headers, resp.status(), resp.headers());
+        match storable {
+            Ok(()) => {
+                let info = FillInfo {
+                    primary: key::primary_key(
+                        &key::partition(&req.headers),
+                        upstream.name(),
+                        &req.uri,
+                        &route.policy.ignore_query,
+                    ),
+                    req_headers: req.headers.clone(),
+                    request_time,
+                    response_time,
+                    kind: route.policy.kind.clone(),
+                    route: route.name.to_string(),
+                    url: req.uri.to_string(),
+                };
+                Ok(Fetched::Full(self.cache.tee(info, resp, guard)))
+            }
+            Err(why) => {
+                tracing::debug!(?why, url = %req.uri, "response not stored");
+                Ok(Fetched::Full(resp))
+            }
+        }
+    }
+
+    /// stale-while-revalidate: refresh a stale entry without holding up the client.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        req: RequestHead,
+        route: &RouteMatch<'_>,
+        upstream: Arc<Upstream>,
+        hit: Hit,
+        peer: SocketAddr,
+    ) {
+        let proxy = self.clone();
+        let route_name = route.name.to_string();
+        let path = req.uri.path().to_string();
+        tokio::spawn(async move {
+            let route = proxy.routes.route(&req.method, &path);
+            debug_assert_eq!(route.name, route_name);
+            match proxy.fetch(&req, &route, &upstream, Some(&hit), None, None, peer).await {
+                Ok(Fetched::NotModified(resp)) => {
+                    let _ = proxy.revalidated(hit, resp, &req).await;
+                }
+                Ok(Fetched::Full(resp)) => {
+                    // Drain so the tee completes the fill.
+                    let mut body = resp.into_body();
+                    while let Some(Ok(_)) = body.frame().await {}
+                }
+                Err(e) => tracing::debug!(error = %e, "background refresh failed"),
+            }
+        });
+    }
+
+    /// RFC 9111 §4.4: a successful unsafe request invalidates the target URI and the URIs in Location
+    /// and Content-Location (when they are on the same upstream), in the request's partition.
+    fn invalidate_after_unsafe(&self, target: &Uri, partition: &str, resp_headers: &HeaderMap, upstream: &Upstream) {
+        let mut uris = vec![target.clone()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(v) = resp_headers.get(name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(u) = v.parse::<Uri>() else { continue };
+            let same_origin = u.authority().is_none() || u.authority() == upstream.config().url.authority();
+            if same_origin && u.path().starts_with('/') {
+                uris.push(u);
+            }
+        }
+        for uri in uris {
+            let route = self.routes.route(&Method::GET, uri.path());
+            let up = self.upstreams.get(route.upstream);
+            let primary = key::primary_key(partition, up.name(), &uri, &route.policy.ignore_query);
+            match self.cache.invalidate(&primary) {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(uri = %uri, entries = n, "invalidated after unsafe request")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "invalidation failed"),
+            }
+        }
+    }
+
+    /// Sends the request to the route's upstream and returns its response with proxy headers fixed.
+    async fn forward(
+        &self,
+        req: Request<ProxyBody>,
+        route: &RouteMatch<'_>,
+        upstream: &Upstream,
+        peer: SocketAddr,
+        limit: Option<Duration>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let cfg = upstream.config();
+        let (mut parts, body) = req.into_parts();
+        let version = parts.version;
+        let uri = upstream_uri(&cfg.url, &parts.uri, route.strip_prefix);
+        let client_host = parts.headers.get(header::HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if !cfg.preserve_host {
+            if let Some(authority) = cfg.url.authority() {
+                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        } else if let Some(h) = client_host {
+            parts.headers.insert(header::HOST, h);
+        }
+        append_via(&mut parts.headers, version);
+        append_forwarded_for(&mut parts.headers, peer);
+        parts.headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        parts.uri = uri;
+        // The upstream connection picks its own version (HTTP/2 by ALPN or HTTP/1.1).
+        parts.version = http::Version::HTTP_11;
+        let req = Request::from_parts(parts, body);
+        let mut resp = match limit {
+            Some(l) => upstream.send_within(req, l).await?,
+            None => upstream.send(req).await?,
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        let version = resp.version();
+        append_via(resp.headers_mut(), version);
+        Ok(resp)
+    }
+}
+
+fn head_of(parts: http::request::Parts) -> RequestHead {
+    RequestHead {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+    }
+}
+
+/// §13.1.2 weak comparison of the client's If-None-Match against the stored ETag (200s only).
+fn client_not_modified(hit: &Hit, req_headers: &HeaderMap) -> Option<Response<ProxyBody>> {
+    if hit.entry.status != 200 {
+        return None;
+    }
+    let inm = req_headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    let stored = hit.entry.header_map();
+    let etag = stored.get(header::ETAG)?.to_str().ok()?;
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let matches = inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
+    if !matches {
+        return None;
+    }
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::ETAG,
+        header::CACHE_CONTROL,
+        header::DATE,
+        header::EXPIRES,
+        header::VARY,
+        header::CONTENT_LOCATION,
+        header::LAST_MODIFIED,
+    ] {
+        for v in stored.get_all(&name) {
+            resp.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    Some(resp)
+}
+
+/// A miss while the upstream is unreachable: an immediate, explicit 503.
+fn offline_miss(upstream: &str) -> Response<ProxyBody> {
+    let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "offline", Some(upstream));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(OFFLINE_RETRY_AFTER));
+    resp
+}
+
+/// A miss whose fetch failed: unreachable → offline 503, otherwise the usual 502.
+fn miss_failure(e: &UpstreamError) -> Response<ProxyBody> {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::Timeout { .. } => {
+            let mut resp = offline_miss(e.upstream());
+            let v = json!({"error": "offline", "upstream": e.upstream(), "detail": e.to_string()});
+            *resp.body_mut() = body::full(v.to_string());
+            resp
+        }
+        UpstreamError::Broken { .. } => upstream_failure(e),
+    }
+}
+
+/// Requests we refuse before routing (RFC 9112 §3.2: origin-form is what a reverse proxy serves).
+fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.method() == Method::CONNECT {
+        return Err("CONNECT is not supported: Outpost is a reverse proxy");
+    }
+    if !req.uri().path().starts_with('/') {
+        return Err("request target must be a path starting with '/'");
+    }
+    if req.uri().path().split('/').any(|seg| seg == "..") {
+        return Err("request path must not contain '..' segments");
+    }
+    Ok(())
+}
+
+/// upstream base URL + (client path minus strip_prefix) + client query.
+fn upstream_uri(base: &Uri, client: &Uri, strip_prefix: Option<&str>) -> Uri {
+    let mut path = client.path();
+    if let Some(prefix) = strip_prefix {
+        if let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) {
+            path = rest;
+        }
+    }
+    let base_path = base.path().trim_end_matches('/');
+    let mut pq = String::with_capacity(base_path.len() + path.len() + 1 + client.query().map_or(0, str::len));
+    pq.push_str(base_path);
+    if !path.starts_with('/') {
+        pq.push('/');
+    }
+    pq.push_str(path);
+    if let Some(q) = client.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = pq.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+}
+
+/// Removes RFC 9110 §7.6.1 connection-specific fields, including those the `Connection` field names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn append_via(headers: &mut HeaderMap, version: http::Version) {
+    let proto = match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let ours = format!("{proto} {VIA_NAME}");
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ours}"),
+        None => ours,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(name, v);
+    }
+}
+
+/// The answer to a failed upstream exchange: 504 when it accepted and went silent, else 502.
+fn upstream_failure(e: &UpstreamError) -> Response<ProxyBody> {
+    let status = match e {
+        UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    json_error(status, &e.to_string(), Some(e.upstream()))
+}
+
+/// A small JSON error answer: `{"error": ..., "upstream": ...}`.
+pub fn json_error(status: StatusCode, error: &str, upstream: Option<&str>) -> Response<ProxyBody> {
+    let mut v = json!({ "error": error });
+    if let Some(u) = upstream {
+        v["upstream"] = json!(u);
+    }
+    let mut resp = Response::new(body::full(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn log_line(
+    method: &Method,
+    path: &str,
+    route: &str,
+    upstream: &str,
+    status: StatusCode,
+    outcome: Outcome,
+    started: Instant,
+) {
+    tracing::info!(
+        target: "outpost::request",
+        %method,
+        path,
+        route,
+        upstream,
+        status = status.as_u16(),
+        cache = outcome.as_str(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_removed_including_connection_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upstream_uri_joins_base_path_strips_prefix_and_keeps_query() {
+        let base: Uri = "https://media.example.com/bucket".parse().unwrap();
+        let client: Uri = "/media/s3/r/1.mp3?X-Amz-Signature=abc".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&base, &client, Some("/media/s3/")).to_string(),
+            "https://media.example.com/bucket/r/1.mp3?X-Amz-Signature=abc"
+        );
+        let base: Uri = "http://127.0.0.1:9/".parse().unwrap();
+        let client: Uri = "/api/v1/threads".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&base, &client, None).to_string(),
+            "http://127.0.0.1:9/api/v1/threads"
+        );
+    }
+
+    #[test]
+    fn via_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(header::VIA, HeaderValue::from_static("1.0 fred"));
+        append_via(&mut h, http::Version::HTTP_11);
+        assert_eq!(h[header::VIA], "1.0 fred, 1.1 outpost");
+    }
+}

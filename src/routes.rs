@@ -1,0 +1,250 @@
+//! The route table: request path → route (upstream + policy), first match wins.
+//!
+//! Patterns are written per segment: literal segments, and `{name}` segments that match any one
+//! non-empty segment and capture it (`/api/v1/threads/{thread_id}/messages`). An exact pattern (`path`)
+//! matches only paths with the same number of segments; a prefix pattern (`prefix`) matches paths that
+//! start with its segments. A path that matches no route goes to the default upstream with the default
+//! policy. Matching allocates nothing unless the route has parameters.
+
+use serde::Serialize;
+
+use crate::config::{RouteConfig, RoutePolicy};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A parsed route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    source: String,
+    segments: Vec<Segment>,
+    prefix: bool,
+    /// A prefix pattern like `/media/` (trailing slash) also matches deeper paths only.
+    trailing_slash: bool,
+}
+
+impl Serialize for RoutePattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.prefix {
+            s.collect_str(&format_args!("prefix {}", self.source))
+        } else {
+            s.collect_str(&format_args!("path {}", self.source))
+        }
+    }
+}
+
+impl RoutePattern {
+    /// A pattern that must match the whole path.
+    pub fn exact(src: &str) -> Result<RoutePattern, String> {
+        Self::parse(src, false)
+    }
+
+    /// A pattern that matches any path starting with its segments.
+    pub fn prefix(src: &str) -> Result<RoutePattern, String> {
+        Self::parse(src, true)
+    }
+
+    fn parse(src: &str, prefix: bool) -> Result<RoutePattern, String> {
+        if !src.starts_with('/') {
+            return Err(format!("pattern {src:?} must start with '/'"));
+        }
+        let mut segments = Vec::new();
+        let mut names = Vec::new();
+        for seg in src[1..].split('/') {
+            if seg.is_empty() {
+                continue;
+            }
+            if let Some(inner) = seg.strip_prefix('{') {
+                let name = inner
+                    .strip_suffix('}')
+                    .ok_or_else(|| format!("pattern {src:?}: segment {seg:?} opens '{{' without closing it"))?;
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "pattern {src:?}: parameter {seg:?} must be {{name}} with letters, digits or '_'"
+                    ));
+                }
+                if names.contains(&name) {
+                    return Err(format!("pattern {src:?}: parameter {{{name}}} appears twice"));
+                }
+                names.push(name);
+                segments.push(Segment::Param(name.to_string()));
+            } else if seg.contains('{') || seg.contains('}') {
+                return Err(format!(
+                    "pattern {src:?}: a parameter must fill a whole segment, found {seg:?}"
+                ));
+            } else {
+                segments.push(Segment::Literal(seg.to_string()));
+            }
+        }
+        Ok(RoutePattern {
+            source: src.to_string(),
+            segments,
+            prefix,
+            trailing_slash: prefix && src.len() > 1 && src.ends_with('/'),
+        })
+    }
+
+    /// The literal text before the first parameter (used to validate `strip_prefix`).
+    pub fn literal_prefix(&self) -> &str {
+        match self.source.find('{') {
+            Some(i) => &self.source[..i],
+            None => &self.source,
+        }
+    }
+
+    /// Matches `path`; on success returns the captured parameters in pattern order.
+    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let mut rest = path.strip_prefix('/')?;
+        let mut params = Vec::new();
+        for seg in &self.segments {
+            let (head, tail) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, ""),
+            };
+            if head.is_empty() {
+                return None;
+            }
+            match seg {
+                Segment::Literal(l) if l == head => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.clone(), head.to_string())),
+            }
+            // Remember whether anything followed this segment, for the trailing-slash rule.
+            rest = if tail.is_empty() && rest.len() > head.len() {
+                "/"
+            } else {
+                tail
+            };
+        }
+        let rest = rest.trim_start_matches('/');
+        let leftover_ok = if self.prefix {
+            !self.trailing_slash || !rest.is_empty() || path.ends_with('/')
+        } else {
+            rest.is_empty()
+        };
+        leftover_ok.then_some(params)
+    }
+}
+
+/// Which route answered, with its captured parameters.
+#[derive(Debug, Clone)]
+pub struct RouteMatch<'a> {
+    /// Route name (`default` when none matched).
+    pub name: &'a str,
+    /// Index into the config's upstreams.
+    pub upstream: usize,
+    /// Leading path removed before forwarding.
+    pub strip_prefix: Option<&'a str>,
+    /// The route's policy.
+    pub policy: &'a RoutePolicy,
+    /// `{name}` captures.
+    pub params: Vec<(String, String)>,
+}
+
+/// Routes in order plus the default.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<RouteConfig>,
+    default_upstream: usize,
+    default_policy: RoutePolicy,
+}
+
+impl RouteTable {
+    /// Builds the table; `default_upstream` serves unmatched paths.
+    pub fn new(routes: Vec<RouteConfig>, default_upstream: usize) -> RouteTable {
+        RouteTable {
+            routes,
+            default_upstream,
+            default_policy: RoutePolicy::default(),
+        }
+    }
+
+    /// The first route matching method and path, or the default route.
+    pub fn route(&self, method: &http::Method, path: &str) -> RouteMatch<'_> {
+        for r in &self.routes {
+            if !r.methods.is_empty() && !r.methods.contains(method) {
+                continue;
+            }
+            if let Some(params) = r.pattern.matches(path) {
+                return RouteMatch {
+                    name: &r.name,
+                    upstream: r.upstream,
+                    strip_prefix: r.strip_prefix.as_deref(),
+                    policy: &r.policy,
+                    params,
+                };
+            }
+        }
+        RouteMatch {
+            name: "default",
+            upstream: self.default_upstream,
+            strip_prefix: None,
+            policy: &self.default_policy,
+            params: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(params: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
+        Some(params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
+    }
+
+    #[test]
+    fn exact_patterns() {
+        let pat = RoutePattern::exact("/api/v1/threads/{thread_id}/messages").unwrap();
+        type Case = (&'static str, Option<Vec<(String, String)>>);
+        let cases: &[Case] = &[
+            ("/api/v1/threads/t1/messages", p(&[("thread_id", "t1")])),
+            ("/api/v1/threads/t1/messages/", p(&[("thread_id", "t1")])),
+            ("/api/v1/threads//messages", None),
+            ("/api/v1/threads/t1/messages/m1", None),
+            ("/api/v1/threads/t1", None),
+            ("/api/v2/threads/t1/messages", None),
+            ("api/v1/threads/t1/messages", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(&pat.matches(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn prefix_patterns() {
+        let pat = RoutePattern::prefix("/media/").unwrap();
+        assert_eq!(pat.matches("/media/s3/a.mp3"), p(&[]));
+        assert_eq!(pat.matches("/media/"), p(&[]));
+        assert_eq!(pat.matches("/media"), None);
+        assert_eq!(pat.matches("/mediax/a"), None);
+        let pat = RoutePattern::prefix("/api").unwrap();
+        assert_eq!(pat.matches("/api"), p(&[]));
+        assert_eq!(pat.matches("/api/v1/x"), p(&[]));
+        assert_eq!(pat.matches("/apix"), None);
+        let pat = RoutePattern::prefix("/api/v1/threads/{thread_id}/").unwrap();
+        assert_eq!(pat.matches("/api/v1/threads/9/snapshot"), p(&[("thread_id", "9")]));
+        let all = RoutePattern::prefix("/").unwrap();
+        assert_eq!(all.matches("/anything/at/all"), p(&[]));
+        assert_eq!(all.matches("/"), p(&[]));
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        for bad in ["api", "/a/{x", "/a/x{y}", "/a/{}", "/a/{x}/{x}", "/a/{x-y}"] {
+            assert!(RoutePattern::exact(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn literal_prefix_stops_at_first_param() {
+        assert_eq!(
+            RoutePattern::prefix("/media/{host}/").unwrap().literal_prefix(),
+            "/media/"
+        );
+        assert_eq!(RoutePattern::prefix("/media/").unwrap().literal_prefix(), "/media/");
+    }
+}

@@ -1,0 +1,220 @@
+//! Content-addressed blob files: `blobs/<h0h1>/<h2h3>/<blake3 hex>`.
+//!
+//! Promises: a blob file exists under its final name only once its bytes are durable (temp file in
+//! `blobs/tmp/` → write → fsync → rename → fsync the directory); its name is the BLAKE3 hash of its bytes,
+//! so identical bodies share one file; a file whose size or hash does not match is never handed out.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A blob's identity: its BLAKE3 hash (hex) and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobId {
+    /// Lower-case hex BLAKE3 of the bytes.
+    pub hash: String,
+    /// Byte length.
+    pub size: u64,
+}
+
+/// The blob directory.
+pub struct BlobStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A blob being written. Dropping it without [`BlobWriter::finish`] deletes the temp file.
+pub struct BlobWriter {
+    file: tempfile::NamedTempFile,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl BlobWriter {
+    /// Appends bytes (page-cache write; durability comes at `finish`).
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// True when nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+fn is_hex_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl BlobStore {
+    /// Opens `dir/blobs`, creating it, and removes temp files a crash left behind.
+    pub fn open(data_dir: &Path) -> io::Result<BlobStore> {
+        let root = data_dir.join("blobs");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        for e in fs::read_dir(&tmp)? {
+            let e = e?;
+            let _ = fs::remove_file(e.path());
+        }
+        Ok(BlobStore { root, tmp })
+    }
+
+    /// Where the blob with `hash` lives. Only hashes reach the filesystem, never URL text.
+    pub fn path(&self, hash: &str) -> Option<PathBuf> {
+        if !is_hex_hash(hash) {
+            return None;
+        }
+        Some(self.root.join(&hash[0..2]).join(&hash[2..4]).join(hash))
+    }
+
+    /// Starts a new blob.
+    pub fn begin(&self) -> io::Result<BlobWriter> {
+        Ok(BlobWriter {
+            file: tempfile::Builder::new().prefix("fill-").tempfile_in(&self.tmp)?,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        })
+    }
+
+    /// Makes the blob durable under its hash. If that blob already exists the new copy is dropped
+    /// (one copy per content). Blocking: call from a blocking context.
+    pub fn finish(&self, w: BlobWriter) -> io::Result<BlobId> {
+        let BlobWriter { file, hasher, size } = w;
+        let hash = hasher.finalize().to_hex().to_string();
+        let Some(dest) = self.path(&hash) else {
+            return Err(io::Error::other("hash is not hex"));
+        };
+        if dest.exists() && fs::metadata(&dest).map(|m| m.len() == size).unwrap_or(false) {
+            return Ok(BlobId { hash, size });
+        }
+        file.as_file().sync_all()?;
+        let dir = dest
+            .parent()
+            .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+        fs::create_dir_all(dir)?;
+        file.persist(&dest).map_err(|e| e.error)?;
+        File::open(dir)?.sync_all()?;
+        Ok(BlobId { hash, size })
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, hash: &str) -> io::Result<File> {
+        let path = self
+            .path(hash)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a blob hash"))?;
+        File::open(path)
+    }
+
+    /// Re-reads the blob and checks its size and hash. Blocking.
+    pub fn verify(&self, id: &BlobId) -> io::Result<bool> {
+        let mut f = match self.open_blob(&id.hash) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if f.metadata()?.len() != id.size {
+            return Ok(false);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().to_hex().as_str() == id.hash)
+    }
+
+    /// Deletes a blob file (missing is fine).
+    pub fn remove(&self, hash: &str) -> io::Result<()> {
+        match self.path(hash).map(fs::remove_file) {
+            Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob file present: (hash, size). Blocking; used by startup cleanup and verify.
+    pub fn list(&self) -> io::Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for l1 in fs::read_dir(&self.root)? {
+            let l1 = l1?;
+            if l1.file_name() == "tmp" || !l1.file_type()?.is_dir() {
+                continue;
+            }
+            for l2 in fs::read_dir(l1.path())? {
+                let l2 = l2?;
+                if !l2.file_type()?.is_dir() {
+                    continue;
+                }
+                for f in fs::read_dir(l2.path())? {
+                    let f = f?;
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if is_hex_hash(&name) {
+                        out.push((name, f.metadata()?.len()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_bytes_make_one_file_named_by_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut a = store.begin().unwrap();
+        a.write(b"hello ").unwrap();
+        a.write(b"world").unwrap();
+        let ida = store.finish(a).unwrap();
+        let mut b = store.begin().unwrap();
+        b.write(b"hello world").unwrap();
+        let idb = store.finish(b).unwrap();
+        assert_eq!(ida, idb);
+        assert_eq!(ida.hash, blake3::hash(b"hello world").to_hex().to_string());
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert!(store.verify(&ida).unwrap());
+        assert_eq!(
+            fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(),
+            0,
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn a_dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut w = store.begin().unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(), 0);
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut w = store.begin().unwrap();
+        w.write(b"original bytes").unwrap();
+        let id = store.finish(w).unwrap();
+        fs::write(store.path(&id.hash).unwrap(), b"original bytez").unwrap();
+        assert!(!store.verify(&id).unwrap());
+        assert!(store.path("../../etc/passwd").is_none(), "only hashes map to paths");
+    }
+}

@@ -1,0 +1,266 @@
+//! Response entries and blob records in RocksDB.
+//!
+//! `entries`: cache key → [`Entry`] (or, at a primary key of a response with `Vary`, the list of fields).
+//! `blobs`: blob hash → [`BlobRecord`] (size, how many entries reference it).
+//! An entry and the refcount changes it causes are written in one `WriteBatch`, after the blob is durable.
+
+use serde::{Deserialize, Serialize};
+
+use super::{BlobId, Store, StoreError};
+
+/// A stored response: head, where its body is, and when it was received.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order (values as raw bytes).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body blob hash.
+    pub blob: String,
+    /// Body length.
+    pub size: u64,
+    /// Unix ms when the request was sent.
+    pub request_time_ms: u64,
+    /// Unix ms when the response head arrived.
+    pub response_time_ms: u64,
+    /// The request's values of the response's `Vary` fields.
+    #[serde(default)]
+    pub vary: Vec<(String, String)>,
+    /// Route kind (stats, clearing).
+    pub kind: String,
+    /// Route name.
+    pub route: String,
+    /// Request target, for people.
+    pub url: String,
+    /// Set by an unsafe request's success (§4.4): must be revalidated before use while online.
+    #[serde(default)]
+    pub invalidated: bool,
+}
+
+impl Entry {
+    /// The headers as a `HeaderMap` (invalid stored names/values are skipped, never a panic).
+    pub fn header_map(&self) -> http::HeaderMap {
+        let mut h = http::HeaderMap::with_capacity(self.headers.len());
+        for (n, v) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n.as_bytes()),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                h.append(n, v);
+            }
+        }
+        h
+    }
+
+    /// Copies a `HeaderMap` into the stored form.
+    pub fn set_headers(&mut self, h: &http::HeaderMap) {
+        self.headers = h
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+    }
+}
+
+/// A blob's bookkeeping.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Bytes.
+    pub size: u64,
+    /// Entries pointing at it.
+    pub refcount: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Entry(Entry),
+    Vary(Vec<String>),
+}
+
+/// What a primary key holds.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Nothing.
+    Miss,
+    /// A response without `Vary`, stored at the primary key.
+    Entry(Entry),
+    /// Responses vary on these fields; look up the variant key.
+    Vary(Vec<String>),
+}
+
+impl Store {
+    fn get_record(&self, key: &[u8]) -> Result<Option<Record>, StoreError> {
+        let Some(bytes) = self.db.get_pinned_cf(self.cf("entries"), key)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable cache entry ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads what is stored at a primary key.
+    pub fn lookup(&self, key: &[u8]) -> Result<Lookup, StoreError> {
+        Ok(match self.get_record(key)? {
+            None => Lookup::Miss,
+            Some(Record::Entry(e)) => Lookup::Entry(e),
+            Some(Record::Vary(f)) => Lookup::Vary(f),
+        })
+    }
+
+    /// Reads a variant (or any) entry key.
+    pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        Ok(match self.get_record(key)? {
+            Some(Record::Entry(e)) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn blob_record(&self, hash: &str) -> Result<Option<BlobRecord>, StoreError> {
+        match self.db.get_pinned_cf(self.cf("blobs"), hash.as_bytes())? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt {
+                cf: "blobs",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+        // Serialising our own plain structs cannot fail.
+        serde_json::to_vec(v).unwrap_or_default()
+    }
+
+    /// Commits `entry` at `key` (and the `Vary` field list at `primary` when it differs), pointing at the
+    /// durable blob `blob`; adjusts refcounts of the new and any replaced blob in the same batch.
+    pub fn commit_entry(
+        &self,
+        primary: &[u8],
+        key: &[u8],
+        vary_fields: &[String],
+        entry: &Entry,
+        blob: &BlobId,
+    ) -> Result<(), StoreError> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = rocksdb::WriteBatch::default();
+        let entries = self.cf("entries");
+        let blobs = self.cf("blobs");
+        let old = self.entry(key)?;
+        let same_blob = old.as_ref().is_some_and(|o| o.blob == blob.hash);
+        if !same_blob {
+            let mut rec = self.blob_record(&blob.hash)?.unwrap_or(BlobRecord {
+                size: blob.size,
+                refcount: 0,
+            });
+            rec.refcount += 1;
+            batch.put_cf(blobs, blob.hash.as_bytes(), Self::encode(&rec));
+            if let Some(o) = &old {
+                if let Some(mut r) = self.blob_record(&o.blob)? {
+                    r.refcount = r.refcount.saturating_sub(1);
+                    batch.put_cf(blobs, o.blob.as_bytes(), Self::encode(&r));
+                }
+            }
+        }
+        if key != primary {
+            batch.put_cf(entries, primary, Self::encode(&Record::Vary(vary_fields.to_vec())));
+        } else if let Lookup::Vary(_) = self.lookup(primary)? {
+            // The response stopped varying: variants under this primary become unreachable; they age out.
+        }
+        batch.put_cf(entries, key, Self::encode(&Record::Entry(entry.clone())));
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Rewrites an entry's head (after a 304), keeping its blob.
+    pub fn update_entry(&self, key: &[u8], entry: &Entry) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf("entries"), key, Self::encode(&Record::Entry(entry.clone())))?;
+        Ok(())
+    }
+
+    /// Deletes an entry and releases its blob reference.
+    pub fn remove_entry(&self, key: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = self.entry(key)? else {
+            self.db.delete_cf(self.cf("entries"), key)?;
+            return Ok(());
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(self.cf("entries"), key);
+        if let Some(mut r) = self.blob_record(&old.blob)? {
+            r.refcount = r.refcount.saturating_sub(1);
+            batch.put_cf(self.cf("blobs"), old.blob.as_bytes(), Self::encode(&r));
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Marks every entry under `primary` (all its variants) as invalidated (RFC 9111 §4.4). Returns how
+    /// many were marked.
+    pub fn invalidate(&self, primary: &[u8]) -> Result<usize, StoreError> {
+        let entries = self.cf("entries");
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut n = 0;
+        let iter = self.db.prefix_iterator_cf(entries, primary);
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(primary) {
+                break;
+            }
+            // Only the key itself or its variants (primary + VARIANT_SEP + hash), not longer paths.
+            if k.len() != primary.len() && k[primary.len()] != crate::cache::key::VARIANT_SEP {
+                continue;
+            }
+            if let Ok(Record::Entry(mut e)) = serde_json::from_slice::<Record>(&v) {
+                if !e.invalidated {
+                    e.invalidated = true;
+                    batch.put_cf(entries, &k, Self::encode(&Record::Entry(e)));
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.db.write(batch)?;
+        }
+        Ok(n)
+    }
+
+    /// The blob directory.
+    pub fn blobs(&self) -> &super::BlobStore {
+        &self.blobs
+    }
+
+    /// Removes blob files that no record knows (a crash between rename and commit leaves them).
+    /// Blocking; run off the request path.
+    pub fn remove_orphan_blobs(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for (hash, _) in self.blobs.list()? {
+            if self.blob_record(&hash)?.is_none() {
+                self.blobs.remove(&hash)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Number of entries and total blob bytes (for status; walks the column families).
+    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
+        let mut entries = 0u64;
+        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+            let (_, v) = item?;
+            if v.first() == Some(&b'{') && v.starts_with(b"{\"Entry\"") {
+                entries += 1;
+            }
+        }
+        let mut bytes = 0u64;
+        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+            let (_, v) = item?;
+            if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
+                bytes += r.size;
+            }
+        }
+        Ok((entries, bytes))
+    }
+}

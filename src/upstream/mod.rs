@@ -1,0 +1,293 @@
+//! Upstreams: one pooled HTTP/1.1 + HTTP/2 client per named upstream (rustls for https), the timeouts that
+//! bound every exchange, and each upstream's connectivity state.
+//!
+//! Promises: no exchange waits longer than `connect_timeout` for a connection or `first_byte_timeout` for
+//! a response head, and no body pauses longer than `idle_timeout`. A connect error or timeout marks the
+//! upstream offline at once (passive detection); any answer marks it online again.
+
+mod connectivity;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub use connectivity::{Connectivity, ConnectivitySnapshot};
+
+use crate::body::{IdleTimeout, ProxyBody};
+use crate::config::{Roots, UpstreamConfig};
+
+/// Why an exchange with an upstream failed; the variant decides the answer (stale, 502, 504, queue).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: the request certainly did not reach the upstream.
+    #[error("cannot connect to upstream {upstream}: {reason}")]
+    Connect {
+        /// Upstream name.
+        upstream: String,
+        /// Cause, for humans.
+        reason: String,
+    },
+    /// Connected, but no response head within `first_byte_timeout`: the outcome is unknown.
+    #[error("upstream {upstream} sent no response within {after:?}")]
+    Timeout {
+        /// Upstream name.
+        upstream: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The connection broke after the request was (maybe) sent: the outcome is unknown.
+    #[error("upstream {upstream} failed mid-exchange: {reason}")]
+    Broken {
+        /// Upstream name.
+        upstream: String,
+        /// Cause, for humans.
+        reason: String,
+    },
+}
+
+impl UpstreamError {
+    /// True when the request surely never reached the upstream (safe to queue without a key).
+    pub fn not_sent(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+
+    /// Upstream name.
+    pub fn upstream(&self) -> &str {
+        match self {
+            UpstreamError::Connect { upstream, .. }
+            | UpstreamError::Timeout { upstream, .. }
+            | UpstreamError::Broken { upstream, .. } => upstream,
+        }
+    }
+}
+
+/// Building the clients failed (bad CA file, no roots).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {upstream}: {reason}")]
+pub struct TlsSetupError {
+    /// Upstream name.
+    pub upstream: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// One upstream: its config, its pooled client and its connectivity.
+pub struct Upstream {
+    config: UpstreamConfig,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    connectivity: Connectivity,
+}
+
+impl Upstream {
+    /// Builds the client (TLS roots, timeouts, pool) for `config`.
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, TlsSetupError> {
+        let tls = tls_config(&config)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Ok(Upstream {
+            connectivity: Connectivity::new(&config.name),
+            config,
+            client,
+        })
+    }
+
+    /// The upstream's configuration.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Its connectivity state.
+    pub fn connectivity(&self) -> &Connectivity {
+        &self.connectivity
+    }
+
+    /// Sends `req` (absolute URI already set) and waits for the response head within the timeouts.
+    /// The response body is wrapped so that a stall longer than `idle_timeout` ends it with an error.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        // The connect timeout lives in the connector; this one bounds connect + TLS + response head.
+        self.send_within(req, self.config.connect_timeout + self.config.first_byte_timeout)
+            .await
+    }
+
+    /// Like [`Upstream::send`] with a shorter bound on the response head (used when a stored response
+    /// can answer instead). Expiry marks the upstream offline like any timeout.
+    pub async fn send_within(
+        &self,
+        req: Request<ProxyBody>,
+        limit: Duration,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let name = &self.config.name;
+        match tokio::time::timeout(limit, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                self.connectivity.mark_online();
+                let idle = self.config.idle_timeout;
+                Ok(resp.map(|b| crate::body::boxed(IdleTimeout::new(crate::body::boxed(b), idle))))
+            }
+            Ok(Err(e)) => {
+                let reason = error_chain(&e);
+                if e.is_connect() {
+                    self.connectivity.mark_offline(&reason);
+                    Err(UpstreamError::Connect {
+                        upstream: name.clone(),
+                        reason,
+                    })
+                } else {
+                    Err(UpstreamError::Broken {
+                        upstream: name.clone(),
+                        reason,
+                    })
+                }
+            }
+            Err(_) => {
+                let reason = format!("no response within {limit:?}");
+                self.connectivity.mark_offline(&reason);
+                Err(UpstreamError::Timeout {
+                    upstream: name.clone(),
+                    after: limit,
+                })
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// While the upstream is offline, asks `probe_path` every `probe_interval`; any answer marks it online
+    /// (through [`Upstream::send_within`]). Ends when `stop` resolves.
+    pub async fn probe_loop(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(self.config.probe_interval) => {}
+            }
+            if self.connectivity.is_online() {
+                continue;
+            }
+            let url = format!(
+                "{}://{}{}",
+                self.config.url.scheme_str().unwrap_or("http"),
+                self.config.url.authority().map(|a| a.as_str()).unwrap_or(""),
+                self.config.probe_path
+            );
+            let req = match Request::get(url).body(crate::body::empty()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(upstream = %self.config.name, error = %e, "probe URL is invalid; probing stops");
+                    return;
+                }
+            };
+            match self.send_within(req, self.config.probe_timeout).await {
+                Ok(resp) => {
+                    tracing::debug!(upstream = %self.config.name, status = %resp.status(), "probe answered");
+                }
+                Err(e) => tracing::debug!(upstream = %self.config.name, error = %e, "probe failed"),
+            }
+        }
+    }
+}
+
+/// All upstreams, indexed as in [`crate::config::Config::upstreams`].
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Builds every upstream's client.
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, TlsSetupError> {
+        let list = configs
+            .iter()
+            .map(|c| Upstream::new(c.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstreams { list })
+    }
+
+    /// The upstream at `ix`.
+    pub fn get(&self, ix: usize) -> &Arc<Upstream> {
+        &self.list[ix]
+    }
+
+    /// All of them.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.list.iter()
+    }
+}
+
+fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let fail = |reason: String| TlsSetupError {
+        upstream: cfg.name.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match cfg.roots {
+        Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Roots::System => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(fail(format!("no system CA certificates found ({:?})", found.errors)));
+            }
+            roots.add_parsable_certificates(found.certs);
+        }
+        Roots::None => {}
+    }
+    if let Some(path) = &cfg.ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(fail(format!("ca_file {}: no PEM certificates in it", path.display())));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// "outer: inner: innermost" — hyper's Display alone hides the useful part.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}

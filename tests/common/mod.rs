@@ -1,0 +1,75 @@
+//! Shared test builders: the demo backend and Outpost on 127.0.0.1:0 with a temp data dir.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use outpost::admin::client::{Collected, HttpClient};
+use outpost::config::{Config, Overrides};
+use outpost::demo::{DemoBackend, DemoOptions};
+use outpost::Outpost;
+
+pub struct TestEnv {
+    pub backend: DemoBackend,
+    pub outpost: Outpost,
+    pub client: HttpClient,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl TestEnv {
+    /// Demo backend + Outpost with the demo's routes.
+    pub async fn start() -> TestEnv {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Same, letting the test adjust the config before start.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestEnv {
+        let backend = DemoBackend::start(DemoOptions::default()).await.expect("demo backend");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = outpost::demo::story::demo_config(&backend, dir.path()).expect("demo config");
+        adjust(&mut config);
+        let outpost = Outpost::start(config.clone()).await.expect("outpost");
+        TestEnv {
+            backend,
+            outpost,
+            client: HttpClient::new(Duration::from_secs(20)),
+            dir,
+            config,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.outpost.addr(), path)
+    }
+
+    pub async fn get(&self, path: &str) -> Collected {
+        self.client
+            .call(http::Method::GET, &self.url(path), &[], None)
+            .await
+            .expect("request")
+    }
+
+    pub async fn stop(self) {
+        self.outpost.shutdown().await;
+        self.backend.stop().await;
+    }
+}
+
+/// Config from TOML text with no overrides.
+pub fn config_from(src: &str) -> Config {
+    Config::from_toml(src, "test.toml", &Overrides::default()).expect("config")
+}
+
+/// Resident memory of this process in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
