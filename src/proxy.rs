@@ -195,11 +195,13 @@ impl Proxy {
 
         if let Some(hit) = stored {
             let fresh = fresh == Some(true);
-            let answer_now = match strategy {
-                Strategy::CacheFirst | Strategy::StaleWhileRevalidate => true,
-                Strategy::NetworkFirst => false,
-                _ => fresh,
-            };
+            // An entry invalidated by a write (§4.4) is not answered from while the upstream is reachable.
+            let answer_now = !hit.entry.invalidated
+                && match strategy {
+                    Strategy::CacheFirst | Strategy::StaleWhileRevalidate => true,
+                    Strategy::NetworkFirst => false,
+                    _ => fresh,
+                };
             if answer_now || !online {
                 if !fresh && online && strategy == Strategy::StaleWhileRevalidate {
                     self.refresh_in_background(req.clone(), route, upstream.clone(), hit.clone(), peer);

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
@@ -323,49 +323,46 @@ impl Cache {
                 }
             };
             let mut client = Some(tx);
-            let mut whole = false;
+            // The last chunk is held back until the commit: a client that has read the whole body (hyper
+            // counts Content-Length) can rely on it being stored, e.g. when going offline right after.
+            let mut held: Option<Bytes> = None;
+            let mut whole = true;
             while let Some(frame) = upstream_body.frame().await {
-                match frame {
+                let data = match frame {
                     Err(e) => {
                         tracing::warn!(url = %info.url, error = %e, "upstream body failed; not stored");
                         if let Some(tx) = &client {
+                            if let Some(d) = held.take() {
+                                let _ = tx.send(Ok(d)).await;
+                            }
                             let _ = tx.send(Err(e)).await;
                         }
                         client = None;
-                        writer = None;
+                        whole = false;
                         break;
                     }
-                    Ok(frame) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        if let Some(w) = &mut writer {
-                            if let Err(e) = w.write(&data) {
-                                tracing::warn!(error = %e, "blob write failed; response not stored");
-                                writer = None;
-                            }
-                        }
-                        if let Some(tx) = &client {
-                            if tx.send(Ok(data)).await.is_err() {
-                                client = None;
-                            }
-                        }
-                        if writer.is_none() && client.is_none() {
-                            break;
-                        }
+                    Ok(frame) => match frame.into_data() {
+                        Ok(d) => d,
+                        Err(_) => continue,
+                    },
+                };
+                if let Some(w) = &mut writer {
+                    if let Err(e) = w.write(&data) {
+                        tracing::warn!(error = %e, "blob write failed; response not stored");
+                        writer = None;
                     }
                 }
-                if upstream_body.is_end_stream() {
-                    whole = true;
+                let previous = held.replace(data);
+                if let (Some(tx), Some(p)) = (&client, previous) {
+                    if tx.send(Ok(p)).await.is_err() {
+                        client = None;
+                    }
+                }
+                if writer.is_none() && client.is_none() {
+                    whole = false;
                     break;
                 }
             }
-            if writer.is_some() && !whole {
-                // `frame()` returned None: the body ended normally.
-                whole = true;
-            }
-            // The client has every byte now; durability work happens after its body ends.
-            drop(client);
             let state = match writer {
                 Some(w) if whole && announced.is_none_or(|n| n == w.len()) => {
                     let store = cache.store.clone();
@@ -383,12 +380,16 @@ impl Cache {
                         }
                     }
                 }
-                Some(w) => {
+                Some(w) if whole => {
                     tracing::warn!(url = %info.url, got = w.len(), ?announced, "truncated upstream body; not stored");
                     FillState::Failed
                 }
-                None => FillState::Failed,
+                _ => FillState::Failed,
             };
+            if let (Some(tx), Some(d)) = (&client, held.take()) {
+                let _ = tx.send(Ok(d)).await;
+            }
+            drop(client);
             if let Some(g) = guard {
                 g.complete(state);
             }

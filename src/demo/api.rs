@@ -272,7 +272,13 @@ impl DemoState {
     async fn fault_gate(&self, req_auth: Option<&HeaderValue>) -> (Option<Response<ProxyBody>>, bool) {
         let fault = self.fault.borrow().clone();
         match fault {
-            Fault::Up | Fault::Down | Fault::BlackHole => (None, false),
+            Fault::Up | Fault::Down => (None, false),
+            Fault::BlackHole => {
+                // Requests on connections opened before the fault hang too, until it is lifted.
+                let mut rx = self.fault.clone();
+                let _ = rx.wait_for(|f| *f != Fault::BlackHole).await;
+                (None, false)
+            }
             Fault::Slow { delay_ms } => {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 (None, false)

@@ -1,0 +1,405 @@
+//! The persistent cache over real sockets: strategies online and offline, partitions, presigned URLs,
+//! truncated bodies, restart persistence, collapsing, corruption, black holes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use http::Method;
+use outpost::admin::client::Collected;
+use outpost::config::Strategy;
+use outpost::demo::{make_token, Fault};
+
+async fn get_h(env: &TestEnv, path: &str, headers: &[(&str, &str)]) -> Collected {
+    env.client
+        .call(Method::GET, &env.url(path), headers, None)
+        .await
+        .expect("request")
+}
+
+fn cache_of(r: &Collected) -> &str {
+    r.header("x-outpost-cache").unwrap_or("-")
+}
+
+/// Waits until the probe has seen the upstream come back.
+async fn wait_online(env: &TestEnv) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.outpost.upstreams().get(0).connectivity().is_online() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn set_strategy(c: &mut outpost::config::Config, route: &str, s: Strategy) {
+    for r in &mut c.routes {
+        if r.name == route {
+            r.policy.strategy = s;
+        }
+    }
+}
+
+const MESSAGES: &str = "/api/v1/threads/t1/messages";
+
+#[tokio::test]
+async fn http_strategy_serves_header_less_json_offline_after_one_visit() {
+    let env = TestEnv::start().await;
+    let first = env.get(MESSAGES).await;
+    assert_eq!((first.head.status.as_u16(), cache_of(&first)), (200, "MISS"));
+    // No cache headers: never fresh, so online it goes to the network again.
+    let second = env.get(MESSAGES).await;
+    assert_eq!(cache_of(&second), "MISS");
+    assert_eq!(env.backend.state().request_count(MESSAGES), 2);
+    env.backend.set_fault(Fault::Down);
+    let t = Instant::now();
+    let offline = env.get(MESSAGES).await;
+    assert_eq!((offline.head.status.as_u16(), cache_of(&offline)), (200, "OFFLINE"));
+    assert!(offline.header("age").is_some(), "stored answers carry Age");
+    assert_eq!(offline.json()["messages"].as_array().map(Vec::len), Some(4));
+    // Now the upstream is known to be offline: straight from the store.
+    let again = env.get(MESSAGES).await;
+    assert_eq!(cache_of(&again), "OFFLINE");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let miss = env.get("/api/v1/threads/t2/messages").await;
+    assert_eq!(miss.head.status, 503, "never seen: offline miss");
+    assert_eq!(miss.json()["error"], "offline");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn route_ttl_makes_header_less_responses_fresh() {
+    let env = TestEnv::start_with(|c| c.routes[0].policy.ttl = Some(Duration::from_secs(60))).await;
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
+    let hit = env.get(MESSAGES).await;
+    assert_eq!(cache_of(&hit), "HIT");
+    assert_eq!(env.backend.state().request_count(MESSAGES), 1);
+    // §5.2.1.4: the client can still insist on the origin.
+    let forced = get_h(&env, MESSAGES, &[("cache-control", "no-cache")]).await;
+    assert_eq!(cache_of(&forced), "MISS");
+    assert_eq!(env.backend.state().request_count(MESSAGES), 2);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn cache_first_answers_from_the_store_once_filled() {
+    let env = TestEnv::start_with(|c| set_strategy(c, "messages", Strategy::CacheFirst)).await;
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "STALE");
+    assert_eq!(env.backend.state().request_count(MESSAGES), 1);
+    env.backend.set_fault(Fault::Down);
+    assert_eq!(env.get(MESSAGES).await.head.status, 200);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let env = TestEnv::start_with(|c| set_strategy(c, "messages", Strategy::StaleWhileRevalidate)).await;
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
+    env.backend.set_fault(Fault::Slow { delay_ms: 500 });
+    let t = Instant::now();
+    let r = env.get(MESSAGES).await;
+    assert_eq!(cache_of(&r), "STALE");
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "did not wait for the slow upstream: {:?}",
+        t.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.backend.state().request_count(MESSAGES) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        env.backend.state().request_count(MESSAGES),
+        2,
+        "background refresh reached the upstream"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn network_first_uses_the_network_and_falls_back_when_it_times_out() {
+    let env = TestEnv::start_with(|c| {
+        set_strategy(c, "messages", Strategy::NetworkFirst);
+        c.routes[0].policy.network_timeout = Duration::from_millis(300);
+    })
+    .await;
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
+    env.backend.set_fault(Fault::BlackHole);
+    let t = Instant::now();
+    let r = env.get(MESSAGES).await;
+    assert_eq!((r.head.status.as_u16(), cache_of(&r)), (200, "OFFLINE"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "bounded by network_timeout: {:?}",
+        t.elapsed()
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn network_only_never_stores_and_cache_only_never_asks() {
+    let env = TestEnv::start_with(|c| set_strategy(c, "messages", Strategy::NetworkOnly)).await;
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "BYPASS");
+    env.backend.set_fault(Fault::Down);
+    assert_eq!(env.get(MESSAGES).await.head.status, 502);
+    env.stop().await;
+
+    let env = TestEnv::start_with(|c| set_strategy(c, "messages", Strategy::CacheOnly)).await;
+    let r = env.get(MESSAGES).await;
+    assert_eq!(r.head.status, 504);
+    assert_eq!(env.backend.state().request_count(MESSAGES), 0);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn only_if_cached_gets_a_504_on_a_miss_rfc9111_5_2_1_7() {
+    let env = TestEnv::start().await;
+    let r = get_h(&env, MESSAGES, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(r.head.status, 504);
+    env.get(MESSAGES).await;
+    let r = get_h(&env, MESSAGES, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(r.head.status, 200);
+    assert_eq!(env.backend.state().request_count(MESSAGES), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn users_never_see_each_others_responses_and_keep_theirs_after_a_token_refresh() {
+    let env = TestEnv::start().await;
+    let alice1 = format!("Bearer {}", make_token("alice", 1));
+    let alice2 = format!("Bearer {}", make_token("alice", 2));
+    let bob = format!("Bearer {}", make_token("bob", 1));
+    assert_eq!(
+        get_h(&env, "/api/v1/library", &[("authorization", &alice1)])
+            .await
+            .head
+            .status,
+        200
+    );
+    env.backend.set_fault(Fault::Down);
+    let b = get_h(&env, "/api/v1/library", &[("authorization", &bob)]).await;
+    assert_eq!(b.head.status, 503, "bob must not get alice's library");
+    let anon = env.get("/api/v1/library").await;
+    assert_eq!(anon.head.status, 503, "nor an anonymous client");
+    let a = get_h(&env, "/api/v1/library", &[("authorization", &alice2)]).await;
+    assert_eq!(
+        (a.head.status.as_u16(), cache_of(&a)),
+        (200, "OFFLINE"),
+        "alice after a token refresh"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn presigned_urls_of_one_object_share_one_entry() {
+    let env = TestEnv::start().await;
+    let a = env
+        .get("/media/s3/renders/a4.mp3?X-Amz-Signature=aaa&X-Amz-Expires=60")
+        .await;
+    assert_eq!(cache_of(&a), "MISS");
+    let b = env
+        .get("/media/s3/renders/a4.mp3?X-Amz-Signature=bbb&X-Amz-Expires=30")
+        .await;
+    // The media host sends max-age=3600: fresh.
+    assert_eq!(cache_of(&b), "HIT");
+    assert_eq!(a.body, b.body);
+    assert_eq!(env.backend.state().request_count("/renders/a4.mp3"), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_truncated_upstream_body_is_never_stored() {
+    let env = TestEnv::start().await;
+    env.backend.set_fault(Fault::ResetMidBody);
+    let r = env
+        .client
+        .call(Method::GET, &env.url("/media/s3/renders/a2.mp3"), &[], None)
+        .await;
+    assert!(r.is_err(), "client sees the break");
+    env.backend.set_fault(Fault::Up);
+    // Give the fill task time to notice and drop the partial blob.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = get_h(&env, "/media/s3/renders/a2.mp3", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(r.head.status, 504, "nothing stored");
+    assert_eq!(
+        std::fs::read_dir(env.dir.path().join("blobs/tmp")).unwrap().count(),
+        0,
+        "temp file removed"
+    );
+    let full = env.get("/media/s3/renders/a2.mp3").await;
+    assert_eq!(full.body.len(), 1 << 20);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn the_cache_survives_a_restart() {
+    let env = TestEnv::start().await;
+    let online = env.get(MESSAGES).await;
+    let snap = env.get("/api/v1/threads/t1/messages/t1-m2/snapshot").await;
+    assert_eq!(snap.head.status, 200);
+    let TestEnv {
+        backend,
+        outpost,
+        client,
+        dir,
+        config,
+    } = env;
+    outpost.shutdown().await;
+    backend.set_fault(Fault::Down);
+    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
+    let env = TestEnv {
+        backend,
+        outpost,
+        client,
+        dir,
+        config,
+    };
+    let offline = env.get(MESSAGES).await;
+    assert_eq!((offline.head.status.as_u16(), cache_of(&offline)), (200, "OFFLINE"));
+    assert_eq!(offline.json()["messages"], online.json()["messages"]);
+    let s2 = env.get("/api/v1/threads/t1/messages/t1-m2/snapshot").await;
+    assert_eq!(
+        s2.body,
+        snap.body,
+        "a {} KB snapshot comes back byte for byte",
+        snap.body.len() / 1024
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_misses_make_one_upstream_request() {
+    let env = TestEnv::start().await;
+    env.backend.set_fault(Fault::Slow { delay_ms: 200 });
+    let path = "/api/v1/threads/t3/messages/t3-m4/snapshot";
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let client = env.client.clone();
+        let url = env.url(path);
+        tasks.push(tokio::spawn(
+            async move { client.call(Method::GET, &url, &[], None).await },
+        ));
+    }
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.head.status, 200);
+        bodies.push(r.body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "everyone got the same bytes");
+    assert_eq!(env.backend.state().request_count(path), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupted_blob_is_never_served() {
+    let env = TestEnv::start().await;
+    let good = env.get("/media/s3/renders/a1.mp3").await;
+    assert_eq!(good.body.len(), 1 << 20);
+    let hash = blake3::hash(&good.body).to_hex().to_string();
+    let TestEnv {
+        backend,
+        outpost,
+        client,
+        dir,
+        config,
+    } = env;
+    outpost.shutdown().await;
+    // Flip one byte in the middle of the stored file.
+    let path = dir.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]).join(&hash);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    backend.set_fault(Fault::Down);
+    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
+    let env = TestEnv {
+        backend,
+        outpost,
+        client,
+        dir,
+        config,
+    };
+    let r = env.get("/media/s3/renders/a1.mp3").await;
+    assert_ne!(r.head.status, 200, "corrupt bytes must not be served");
+    assert!(!path.exists(), "the corrupt blob is dropped");
+    env.backend.set_fault(Fault::Up);
+    wait_online(&env).await;
+    let again = env.get("/media/s3/renders/a1.mp3").await;
+    assert_eq!((again.head.status.as_u16(), cache_of(&again)), (200, "MISS"));
+    assert_eq!(again.body, good.body, "refetched when online");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn black_holed_upstream_second_request_answers_from_cache_in_milliseconds() {
+    let env = TestEnv::start_with(|c| c.routes[0].policy.network_timeout = Duration::from_millis(500)).await;
+    env.get(MESSAGES).await;
+    env.backend.set_fault(Fault::BlackHole);
+    let first = env.get(MESSAGES).await;
+    assert_eq!(cache_of(&first), "OFFLINE");
+    let t = Instant::now();
+    let second = env.get(MESSAGES).await;
+    let took = t.elapsed();
+    assert_eq!((second.head.status.as_u16(), cache_of(&second)), (200, "OFFLINE"));
+    assert!(took < Duration::from_millis(100), "second request took {took:?}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn conditional_revalidation_uses_validators_and_a_304_rfc9111_4_3() {
+    let env = TestEnv::start().await;
+    let path = "/media/s3/renders/a3.mp3";
+    assert_eq!(cache_of(&env.get(path).await), "MISS");
+    // §5.2.1.4 no-cache from the client forces revalidation; the media host answers 304 to If-None-Match.
+    let r = get_h(&env, path, &[("cache-control", "no-cache")]).await;
+    assert_eq!((r.head.status.as_u16(), cache_of(&r)), (200, "REVALIDATED"));
+    assert_eq!(r.body.len(), 1 << 20);
+    assert_eq!(env.backend.state().request_count("/renders/a3.mp3"), 2);
+    // A client's own validator is answered 304 from the store.
+    let etag = r.header("etag").unwrap().to_string();
+    let r = get_h(&env, path, &[("if-none-match", &etag)]).await;
+    assert_eq!((r.head.status.as_u16(), cache_of(&r)), (304, "HIT"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get() {
+    let env = TestEnv::start().await;
+    env.get("/media/s3/renders/a5.mp3").await;
+    let r = env
+        .client
+        .call(Method::HEAD, &env.url("/media/s3/renders/a5.mp3"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!((r.head.status.as_u16(), cache_of(&r)), (200, "HIT"));
+    assert_eq!(r.header("content-length"), Some("1048576"));
+    assert!(r.body.is_empty());
+    assert_eq!(env.backend.state().request_count("/renders/a5.mp3"), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_successful_post_invalidates_the_stored_get_rfc9111_4_4() {
+    let env = TestEnv::start_with(|c| {
+        set_strategy(c, "messages", Strategy::CacheFirst);
+    })
+    .await;
+    env.get(MESSAGES).await;
+    assert_eq!(cache_of(&env.get(MESSAGES).await), "STALE");
+    let post = env
+        .client
+        .call(
+            Method::POST,
+            &env.url(MESSAGES),
+            &[("content-type", "application/json")],
+            Some(br#"{"text":"hi"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(post.head.status, 201);
+    // cache-first would answer from the store; invalidation forces a trip that sees the new message.
+    let after = env.get(MESSAGES).await;
+    assert_eq!(cache_of(&after), "MISS");
+    assert_eq!(after.json()["messages"].as_array().map(Vec::len), Some(5));
+    env.stop().await;
+}
