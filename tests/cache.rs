@@ -403,3 +403,20 @@ async fn a_successful_post_invalidates_the_stored_get_rfc9111_4_4() {
     assert_eq!(after.json()["messages"].as_array().map(Vec::len), Some(5));
     env.stop().await;
 }
+
+#[tokio::test]
+async fn vary_keeps_one_variant_per_request_header_value_rfc9111_4_1() {
+    let env = TestEnv::start().await;
+    let path = "/api/v1/greeting";
+    let en = get_h(&env, path, &[("accept-language", "en")]).await;
+    let de = get_h(&env, path, &[("accept-language", "de")]).await;
+    assert_eq!((cache_of(&en), cache_of(&de)), ("MISS", "MISS"));
+    let en2 = get_h(&env, path, &[("accept-language", "en")]).await;
+    let de2 = get_h(&env, path, &[("accept-language", "de")]).await;
+    assert_eq!((cache_of(&en2), en2.json()["text"].as_str()), ("HIT", Some("Hello")));
+    assert_eq!((cache_of(&de2), de2.json()["text"].as_str()), ("HIT", Some("Hallo")));
+    assert_eq!(env.backend.state().request_count(path), 2);
+    let fr = get_h(&env, path, &[("accept-language", "fr")]).await;
+    assert_eq!(cache_of(&fr), "MISS", "a new value is a new variant");
+    env.stop().await;
+}

@@ -352,6 +352,21 @@ impl DemoState {
                     json_resp(StatusCode::NOT_FOUND, &json!({"error": "no such message"}))
                 }
             }
+            (&Method::GET, ["api", "v1", "greeting"]) => {
+                // Content negotiation, for Vary: one representation per Accept-Language.
+                let lang = req
+                    .headers()
+                    .get(header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("en");
+                let text = if lang.starts_with("de") { "Hallo" } else { "Hello" };
+                let mut r = json_resp(StatusCode::OK, &json!({ "text": text }));
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept-Language"));
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+                r
+            }
             (&Method::GET, ["api", "v1", "library"]) => {
                 let d = self.lock();
                 let items: Vec<_> = d
