@@ -69,6 +69,8 @@ pub struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     routes: Vec<RawRoute>,
@@ -112,6 +114,22 @@ struct RawRoute {
     network_timeout: Option<Spanned<String>>,
     ignore_query: Option<Vec<String>>,
     queue: Option<bool>,
+    max_body: Option<Spanned<String>>,
+    conflict: Option<Spanned<String>>,
+    ordering_key: Option<Spanned<String>>,
+    priority: Option<i32>,
+    invalidates: Option<Vec<Spanned<String>>>,
+    queued_status: Option<Spanned<u16>>,
+    queued_body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    backoff_base: Option<Spanned<String>>,
+    backoff_cap: Option<Spanned<String>>,
+    max_attempts: Option<u32>,
+    max_age: Option<Spanned<String>>,
 }
 
 /// Values from flags and environment variables; they win over the file.
@@ -244,6 +262,59 @@ pub struct RoutePolicy {
     pub ignore_query: Vec<String>,
     /// Queue mutating requests while the upstream is unreachable.
     pub queue: bool,
+    /// Largest request body that can be queued.
+    pub max_body: u64,
+    /// What a replay answered 409/412 does.
+    pub conflict: ConflictPolicy,
+    /// Template over the route's `{params}`: items with different keys replay independently.
+    pub ordering_key: Option<String>,
+    /// Higher replays first (among items whose turn it is).
+    pub priority: i32,
+    /// GET paths (may use the route's `{params}`) invalidated when a write on this route succeeds.
+    pub invalidates: Vec<String>,
+    /// Instead of 202, answer queued writes with this status and `queued_body`.
+    pub queued_status: Option<u16>,
+    /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
+    pub queued_body: Option<String>,
+}
+
+/// What a replay that meets a conflict (409/412) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    /// Drop the write and record it among the dead letters as overridden by the server.
+    ServerWins,
+    /// Keep retrying with backoff.
+    Retry,
+    /// Stop and keep it as a dead letter for the user to decide.
+    DeadLetter,
+}
+
+/// Replay settings (`[queue]`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QueueSettings {
+    /// First backoff step.
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_base: Duration,
+    /// Largest backoff step.
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_cap: Duration,
+    /// Attempts before an item becomes a dead letter.
+    pub max_attempts: u32,
+    /// Age after which an item becomes a dead letter.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_age: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            max_attempts: 20,
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 impl Default for RoutePolicy {
@@ -255,6 +326,13 @@ impl Default for RoutePolicy {
             network_timeout: Duration::from_secs(3),
             ignore_query: Vec::new(),
             queue: true,
+            max_body: 1 << 20,
+            conflict: ConflictPolicy::DeadLetter,
+            ordering_key: None,
+            priority: 0,
+            invalidates: Vec::new(),
+            queued_status: None,
+            queued_body: None,
         }
     }
 }
@@ -308,6 +386,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Cache-wide settings.
     pub cache: CacheSettings,
+    /// Replay settings.
+    pub queue: QueueSettings,
     /// Upstreams in name order.
     pub upstreams: Vec<UpstreamConfig>,
     /// Index of the upstream used when no route matches.
@@ -696,6 +776,50 @@ impl RawConfig {
                 )?,
                 ignore_query: raw.ignore_query.clone().unwrap_or_default(),
                 queue: raw.queue.unwrap_or(defaults.queue),
+                max_body: match &raw.max_body {
+                    None => defaults.max_body,
+                    Some(v) => parse_size(v.get_ref()).map_err(|r| cx.err(Some(v.span()), &key("max_body"), r))?,
+                },
+                conflict: match raw.conflict.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+                    None => defaults.conflict,
+                    Some(("server-wins", _)) => ConflictPolicy::ServerWins,
+                    Some(("retry", _)) => ConflictPolicy::Retry,
+                    Some(("dead-letter", _)) => ConflictPolicy::DeadLetter,
+                    Some((other, span)) => {
+                        return Err(cx.err(
+                            Some(span),
+                            &key("conflict"),
+                            format!("unknown conflict policy {other:?} (known: server-wins, retry, dead-letter)"),
+                        ))
+                    }
+                },
+                ordering_key: match &raw.ordering_key {
+                    None => None,
+                    Some(t) => {
+                        check_template(t.get_ref(), &pattern)
+                            .map_err(|r| cx.err(Some(t.span()), &key("ordering_key"), r))?;
+                        Some(t.get_ref().clone())
+                    }
+                },
+                priority: raw.priority.unwrap_or(0),
+                invalidates: {
+                    let mut out = Vec::new();
+                    for (j, t) in raw.invalidates.iter().flatten().enumerate() {
+                        let k = format!("routes[{i}].invalidates[{j}]");
+                        if !t.get_ref().starts_with('/') {
+                            return Err(cx.err(Some(t.span()), &k, "must be a path starting with '/'"));
+                        }
+                        check_template(t.get_ref(), &pattern).map_err(|r| cx.err(Some(t.span()), &k, r))?;
+                        out.push(t.get_ref().clone());
+                    }
+                    out
+                },
+                queued_status: match &raw.queued_status {
+                    None => None,
+                    Some(v) if (200..300).contains(v.get_ref()) => Some(*v.get_ref()),
+                    Some(v) => return Err(cx.err(Some(v.span()), &key("queued_status"), "must be a 2xx status")),
+                },
+                queued_body: raw.queued_body.clone(),
             };
             routes.push(RouteConfig {
                 name: raw.name.clone().unwrap_or_else(|| format!("route{i}")),
@@ -715,6 +839,24 @@ impl RawConfig {
             max_size,
             shutdown_grace,
             log_format,
+            queue: {
+                let d = QueueSettings::default();
+                let q = &self.queue;
+                let s = QueueSettings {
+                    backoff_base: cx.duration(&q.backoff_base, "queue.backoff_base", d.backoff_base)?,
+                    backoff_cap: cx.duration(&q.backoff_cap, "queue.backoff_cap", d.backoff_cap)?,
+                    max_attempts: q.max_attempts.unwrap_or(d.max_attempts),
+                    max_age: cx.duration(&q.max_age, "queue.max_age", d.max_age)?,
+                };
+                if s.backoff_base.is_zero() || s.backoff_cap < s.backoff_base {
+                    return Err(cx.err(
+                        q.backoff_cap.as_ref().map(|s| s.span()),
+                        "queue.backoff_cap",
+                        "backoff_base must be > 0 and backoff_cap >= backoff_base",
+                    ));
+                }
+                s
+            },
             cache: CacheSettings {
                 shared: self.cache.shared.unwrap_or(false),
                 verify_on_read: self.cache.verify_on_read.unwrap_or(false),
@@ -724,6 +866,23 @@ impl RawConfig {
             routes,
         })
     }
+}
+
+/// Every `{name}` in a template must be a parameter of the route's pattern.
+fn check_template(t: &str, pattern: &RoutePattern) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("{t:?}: '{{' without '}}'"))?
+            + open;
+        let name = &rest[open + 1..close];
+        if !pattern.has_param(name) {
+            return Err(format!("{t:?}: the route's pattern has no {{{name}}}"));
+        }
+        rest = &rest[close + 1..];
+    }
+    Ok(())
 }
 
 /// An upstream with every knob at its default.

@@ -6,6 +6,7 @@
 //! - [`proxy`]: the request path: classify, route, forward with streamed bodies, answer errors.
 //! - [`upstream`]: pooled rustls clients per named upstream, timeouts, connectivity state.
 //! - [`cache`]: RFC 9111 rules, cache keys and user partitions, serving from and filling the store.
+//! - [`sync`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts).
 //! - [`store`]: the data directory: RocksDB column families and content-addressed blob files.
 //! - [`admin`]: the admin API on its own loopback port.
 //! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
@@ -26,6 +27,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -39,6 +41,7 @@ use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::server::{Server, ShutdownSignal};
 use crate::store::{Store, StoreError};
+use crate::sync::{Outbox, QueueError, ReplayWorker};
 use crate::upstream::{TlsSetupError, Upstreams};
 
 /// Why Outpost could not start.
@@ -60,6 +63,9 @@ pub enum StartError {
     /// An upstream's TLS setup failed.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// The outbox could not be read.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// A running Outpost instance.
@@ -71,6 +77,8 @@ pub struct Outpost {
     admin_server: Server,
     store: Arc<Store>,
     upstreams: Arc<Upstreams>,
+    outbox: Arc<Outbox>,
+    replay: tokio::task::JoinHandle<()>,
 }
 
 impl Outpost {
@@ -118,7 +126,14 @@ impl Outpost {
         for upstream in upstreams.iter() {
             tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
         }
-        let proxy = Arc::new(Proxy::new(config.route_table(), upstreams.clone(), cache));
+        let outbox = Arc::new(Outbox::open(store.clone(), config.queue)?);
+        let proxy = Arc::new(Proxy::new(
+            config.route_table(),
+            upstreams.clone(),
+            cache,
+            outbox.clone(),
+        ));
+        let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), proxy.clone()).run(shutdown.triggered()));
         let proxy_server = Server::spawn(
             "proxy",
             listener,
@@ -129,7 +144,19 @@ impl Outpost {
                 async move { proxy.handle(req, peer).await }
             },
         );
-        let admin = Arc::new(admin::Admin::new(upstreams.clone(), Arc::new(config.clone())));
+        let token = admin::load_or_create_token(&config.data_dir).map_err(|e| {
+            StartError::Store(StoreError::DataDir {
+                dir: config.data_dir.clone(),
+                reason: format!("cannot create the admin token: {e}"),
+            })
+        })?;
+        let admin = Arc::new(admin::Admin::new(
+            upstreams.clone(),
+            Arc::new(config.clone()),
+            outbox.clone(),
+            store.clone(),
+            token,
+        ));
         let admin_server = Server::spawn(
             "admin",
             admin_listener,
@@ -149,6 +176,8 @@ impl Outpost {
             admin_server,
             store,
             upstreams,
+            outbox,
+            replay,
         })
     }
 
@@ -167,11 +196,17 @@ impl Outpost {
         &self.upstreams
     }
 
+    /// The outbox of queued writes.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
     /// Stops accepting, lets in-flight requests finish up to the grace period, then flushes the store.
     pub async fn shutdown(self) {
         self.shutdown.trigger();
         self.proxy_server.finished().await;
         self.admin_server.finished().await;
+        let _ = self.replay.await;
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }

@@ -83,6 +83,65 @@ enum Command {
         #[arg(long, default_value = outpost::config::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// See and steer the queue of offline writes of a running instance.
+    Queue {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin address of the running instance.
+    #[arg(long, default_value = outpost::config::DEFAULT_ADMIN)]
+    admin: SocketAddr,
+    /// Admin token [default: read from DATA_DIR/admin.token].
+    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory holding admin.token.
+    #[arg(long, env = "OUTPOST_DATA_DIR", default_value = outpost::config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+impl AdminArgs {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let path = outpost::admin::token_path(&self.data_dir);
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .with_context(|| {
+                format!(
+                    "cannot read the admin token at {} (pass --token or --data-dir)",
+                    path.display()
+                )
+            })
+    }
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued writes, dead letters and overridden writes.
+    List,
+    /// Make an item due now (also revives a dead letter).
+    Retry {
+        /// Item id (e.g. q12).
+        id: String,
+    },
+    /// Remove an item for good.
+    Drop {
+        /// Item id.
+        id: String,
+    },
+    /// Retry every dead letter.
+    RetryDead,
+    /// Stop replaying.
+    Pause,
+    /// Start replaying again.
+    Resume,
 }
 
 fn init_logging(format: LogFormat) {
@@ -192,6 +251,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format!("no Outpost answering on admin address {admin} (is it running? pass --admin ADDR)")
                 })?;
             println!("{}", outpost::admin::client::render_status(&body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { admin, action } => {
+            use http::Method;
+            use outpost::admin::client::{admin_call, get_json};
+            let not_running = || {
+                format!(
+                    "no Outpost answering on admin address {} (is it running? pass --admin ADDR)",
+                    admin.admin
+                )
+            };
+            if let QueueAction::List = action {
+                let v = get_json(admin.admin, "/api/queue").await.with_context(not_running)?;
+                println!(
+                    "state: {}   pending: {}",
+                    v["state"]["state"].as_str().unwrap_or("?"),
+                    v["depth"]
+                );
+                for i in v["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<6} {:<11} {:<6} {:<40} attempts {:<3} {}",
+                        i["id"].as_str().unwrap_or("?"),
+                        i["state"].as_str().unwrap_or("?"),
+                        i["method"].as_str().unwrap_or("?"),
+                        i["uri"].as_str().unwrap_or("?"),
+                        i["attempts"],
+                        i["last_error"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let token = admin.token()?;
+            let (method, path) = match &action {
+                QueueAction::Retry { id } => (Method::POST, format!("/api/queue/{id}/retry")),
+                QueueAction::Drop { id } => (Method::DELETE, format!("/api/queue/{id}")),
+                QueueAction::RetryDead => (Method::POST, "/api/queue/retry-dead".to_string()),
+                QueueAction::Pause => (Method::POST, "/api/queue/pause".to_string()),
+                QueueAction::Resume => (Method::POST, "/api/queue/resume".to_string()),
+                QueueAction::List => unreachable!("handled above"),
+            };
+            let v = admin_call(admin.admin, method, &path, &token)
+                .await
+                .with_context(not_running)?;
+            println!("{v}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -9,17 +9,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::{stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use serde_json::json;
 
 use crate::body::{self, ProxyBody};
 use crate::cache::key;
 use crate::cache::policy::{self, CacheControl, Freshness};
 use crate::cache::{Cache, FillGuard, FillInfo, FillSlot, FillState, Hit};
-use crate::config::Strategy;
+use crate::config::{ConflictPolicy, Strategy};
 use crate::routes::{RouteMatch, RouteTable};
+use crate::store::OutboxRecord;
+use crate::sync::{NewItem, Outbox};
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// `Via` pseudonym (RFC 9110 §7.6.3).
@@ -81,15 +85,17 @@ pub struct Proxy {
     routes: RouteTable,
     upstreams: Arc<Upstreams>,
     cache: Arc<Cache>,
+    outbox: Arc<Outbox>,
 }
 
 impl Proxy {
     /// Builds the request handler.
-    pub fn new(routes: RouteTable, upstreams: Arc<Upstreams>, cache: Arc<Cache>) -> Proxy {
+    pub fn new(routes: RouteTable, upstreams: Arc<Upstreams>, cache: Arc<Cache>, outbox: Arc<Outbox>) -> Proxy {
         Proxy {
             routes,
             upstreams,
             cache,
+            outbox,
         }
     }
 
@@ -111,9 +117,12 @@ impl Proxy {
         let upstream = self.upstreams.get(route.upstream).clone();
         let cacheable =
             (method == Method::GET || method == Method::HEAD) && route.policy.strategy != Strategy::NetworkOnly;
+        let authorization = req.headers().get(header::AUTHORIZATION).cloned();
         let (mut resp, outcome) = if cacheable {
             let (parts, _body) = req.into_parts();
             self.cached(head_of(parts), &route, &upstream, peer).await
+        } else if policy::is_unsafe(&method) && route.policy.queue {
+            self.write(req, &route, &upstream, peer).await
         } else {
             let unsafe_method = policy::is_unsafe(&method);
             let target = unsafe_method.then(|| (req.uri().clone(), key::partition(req.headers())));
@@ -133,6 +142,19 @@ impl Proxy {
             HeaderName::from_static("x-outpost-cache"),
             HeaderValue::from_static(outcome.as_str()),
         );
+        if let Some(auth) = &authorization {
+            // A paused queue (401/403 on replay) resumes once the upstream accepts newer credentials.
+            if resp.status().is_success() && matches!(outcome, Outcome::Miss | Outcome::Revalidated | Outcome::Bypass) {
+                self.outbox.credentials_accepted(auth);
+            }
+        }
+        if cacheable {
+            let pending = self.outbox.pending_for(&path);
+            if pending > 0 {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-outpost-pending"), HeaderValue::from(pending));
+            }
+        }
         log_line(
             &method,
             &path,
@@ -143,6 +165,242 @@ impl Proxy {
             started,
         );
         resp
+    }
+
+    /// A mutating request on a queueing route: forwarded when the upstream can take it, otherwise stored
+    /// durably and acknowledged with 202. The body is read first (up to `max_body`) so that a failed
+    /// attempt can still be queued.
+    async fn write<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        route: &RouteMatch<'_>,
+        upstream: &Arc<Upstream>,
+        peer: SocketAddr,
+    ) -> (Response<ProxyBody>, Outcome)
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let max = route.policy.max_body;
+        let online = upstream.connectivity().is_online();
+        let declared: Option<u64> = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        if let Some(n) = declared.filter(|n| *n > max) {
+            if !online {
+                let msg = format!(
+                    "the upstream is offline and this {n}-byte body is larger than the route's max_body ({max} bytes), so it cannot be queued"
+                );
+                return (
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(upstream.name())),
+                    Outcome::Bypass,
+                );
+            }
+            return match self.forward(req.map(body::boxed), route, upstream, peer, None).await {
+                Ok(resp) => (resp, Outcome::Bypass),
+                Err(e) if e.not_sent() => {
+                    let msg = format!("{e}; this {n}-byte body is larger than the route's max_body ({max} bytes), so it cannot be queued");
+                    (
+                        json_error(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(upstream.name())),
+                        Outcome::Bypass,
+                    )
+                }
+                Err(e) => (upstream_failure(&e), Outcome::Bypass),
+            };
+        }
+        let (parts, body) = req.into_parts();
+        let mut body = body::boxed(body);
+        // Read up to max_body; a longer body without a declared length is streamed on, unqueueable.
+        let mut buf = bytes::BytesMut::new();
+        let mut overflow = None;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(d) = f.into_data() {
+                        if buf.len() + d.len() > max as usize {
+                            overflow = Some(d);
+                            break;
+                        }
+                        buf.extend_from_slice(&d);
+                    }
+                }
+                Err(_) => {
+                    return (
+                        json_error(StatusCode::BAD_REQUEST, "request body could not be read", None),
+                        Outcome::Bypass,
+                    )
+                }
+            }
+        }
+        if let Some(next) = overflow {
+            let head = stream::iter([Ok(Frame::data(buf.freeze())), Ok(Frame::data(next))]);
+            let rest = http_body_util::BodyStream::new(body);
+            let streamed = BodyExt::boxed(StreamBody::new(head.chain(rest)));
+            let req = Request::from_parts(parts, streamed);
+            return match self.forward(req, route, upstream, peer, None).await {
+                Ok(resp) => (resp, Outcome::Bypass),
+                Err(e) if e.not_sent() => {
+                    let msg = format!(
+                        "{e}; this body is larger than the route's max_body ({max} bytes), so it cannot be queued"
+                    );
+                    (
+                        json_error(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(upstream.name())),
+                        Outcome::Bypass,
+                    )
+                }
+                Err(e) => (upstream_failure(&e), Outcome::Bypass),
+            };
+        }
+        let bytes = buf.freeze();
+        let app_key = parts.headers.get("idempotency-key").cloned();
+        let key = app_key
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(new_idempotency_key);
+        let mut headers = parts.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            headers.insert(HeaderName::from_static("idempotency-key"), v);
+        }
+        let ordering_key = route.policy.ordering_key.as_ref().map(|t| route.expand(t));
+        let enqueue = |why: &str| {
+            let item = NewItem {
+                method: parts.method.to_string(),
+                uri: parts
+                    .uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str().to_string())
+                    .unwrap_or_else(|| "/".into()),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: bytes.to_vec(),
+                idempotency_key: key.clone(),
+                partition: key::partition(&parts.headers),
+                route: route.name.to_string(),
+                ordering_key: ordering_key.clone(),
+                priority: route.policy.priority,
+                invalidates: route.policy.invalidates.iter().map(|t| route.expand(t)).collect(),
+            };
+            match self.outbox.enqueue(item) {
+                Ok((id, position)) => {
+                    tracing::info!(%id, position, why, method = %parts.method, uri = %parts.uri, "write queued");
+                    (queued_response(route, &id, position, &bytes), Outcome::Bypass)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "queueing a write failed");
+                    let msg = format!("the upstream is unreachable and the write could not be queued: {e}");
+                    (
+                        json_error(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(upstream.name())),
+                        Outcome::Bypass,
+                    )
+                }
+            }
+        };
+        if !online {
+            return enqueue("upstream offline");
+        }
+        if self.outbox.has_pending_in_line(&ordering_key) {
+            // Earlier writes of this line are still queued: going first would reorder them.
+            return enqueue("behind earlier queued writes");
+        }
+        let mut out = Request::new(body::full(bytes.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = parts.uri.clone();
+        *out.version_mut() = parts.version;
+        *out.headers_mut() = headers.clone();
+        match self.forward(out, route, upstream, peer, None).await {
+            Ok(resp) => {
+                if resp.status().is_success() || resp.status().is_redirection() {
+                    let partition = key::partition(&parts.headers);
+                    self.invalidate_after_unsafe(&parts.uri, &partition, resp.headers(), upstream);
+                    self.invalidate_related(route, &partition);
+                }
+                (resp, Outcome::Bypass)
+            }
+            Err(e) if e.not_sent() => enqueue("upstream unreachable"),
+            // The outcome is unknown: replaying is only safe when the app gave its own key.
+            Err(e) if app_key.is_some() => {
+                enqueue(&format!("outcome unknown ({e}); the app's key makes a replay safe"))
+            }
+            Err(e) => (upstream_failure(&e), Outcome::Bypass),
+        }
+    }
+
+    /// GET paths a route's `invalidates` names, in `partition`.
+    fn invalidate_related(&self, route: &RouteMatch<'_>, partition: &str) {
+        for t in &route.policy.invalidates {
+            self.invalidate_path(&route.expand(t), partition);
+        }
+    }
+
+    fn invalidate_path(&self, path: &str, partition: &str) {
+        let Ok(uri) = path.parse::<Uri>() else { return };
+        let route = self.routes.route(&Method::GET, uri.path());
+        let up = self.upstreams.get(route.upstream);
+        let primary = key::primary_key(partition, up.name(), &uri, &route.policy.ignore_query);
+        if let Err(e) = self.cache.invalidate(&primary) {
+            tracing::warn!(error = %e, "invalidation failed");
+        }
+    }
+
+    /// Sends a queued item to its upstream (the worker calls this), with the newest known credentials.
+    pub(crate) async fn replay(&self, item: &OutboxRecord) -> Result<Response<ProxyBody>, UpstreamError> {
+        let uri: Uri = item.uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        let method = Method::from_bytes(item.method.as_bytes()).unwrap_or(Method::POST);
+        let route = self.routes.route(&method, uri.path());
+        let upstream = self.upstreams.get(route.upstream).clone();
+        let mut req = Request::new(body::full(item.body.clone()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        for (n, v) in &item.headers {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_bytes(v)) {
+                req.headers_mut().append(n, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&item.idempotency_key) {
+            req.headers_mut().insert(HeaderName::from_static("idempotency-key"), v);
+        }
+        if let Some(auth) = self.outbox.credential_for(&item.partition) {
+            req.headers_mut().insert(header::AUTHORIZATION, auth);
+        }
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.forward(req, &route, &upstream, peer, None).await
+    }
+
+    /// After a replay succeeded: invalidate what it changed (RFC 9111 §4.4 plus the route's `invalidates`).
+    pub(crate) fn after_replay(&self, item: &OutboxRecord) {
+        self.invalidate_path(&item.uri, &item.partition);
+        for p in &item.invalidates {
+            self.invalidate_path(p, &item.partition);
+        }
+    }
+
+    fn route_of(&self, item: &OutboxRecord) -> RouteMatch<'_> {
+        let path = item.uri.split('?').next().unwrap_or("/");
+        let method = Method::from_bytes(item.method.as_bytes()).unwrap_or(Method::POST);
+        self.routes.route(&method, path)
+    }
+
+    /// Whether a queued item's upstream is reachable.
+    pub(crate) fn upstream_online_for(&self, item: &OutboxRecord) -> bool {
+        self.upstreams
+            .get(self.route_of(item).upstream)
+            .connectivity()
+            .is_online()
+    }
+
+    /// The conflict policy of a queued item's route.
+    pub(crate) fn conflict_policy(&self, item: &OutboxRecord) -> ConflictPolicy {
+        self.route_of(item).policy.conflict
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// GET/HEAD through the cache, per the route's strategy.
@@ -517,6 +775,40 @@ fn client_not_modified(hit: &Hit, req_headers: &HeaderMap) -> Option<Response<Pr
         }
     }
     Some(resp)
+}
+
+/// A fresh random Idempotency-Key (128 bits, hex).
+fn new_idempotency_key() -> String {
+    let v: u128 = rand::random();
+    format!("outpost-{v:032x}")
+}
+
+/// The answer to a queued write: 202 with the queue position, or the route's synthetic answer.
+fn queued_response(route: &RouteMatch<'_>, id: &str, position: usize, body_bytes: &[u8]) -> Response<ProxyBody> {
+    let mut resp = match route.policy.queued_status {
+        Some(status) => {
+            let template = route.policy.queued_body.as_deref().unwrap_or("{body}");
+            let text = template
+                .replace("{body}", &String::from_utf8_lossy(body_bytes))
+                .replace("{id}", id);
+            let mut r = Response::new(body::full(text));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            r
+        }
+        None => {
+            let v = json!({"queued": true, "id": id, "position": position});
+            let mut r = Response::new(body::full(v.to_string()));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-outpost-queued"), v);
+    }
+    resp
 }
 
 /// A miss while the upstream is unreachable: an immediate, explicit 503.

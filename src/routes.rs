@@ -87,6 +87,13 @@ impl RoutePattern {
         })
     }
 
+    /// True when the pattern captures `{name}`.
+    pub fn has_param(&self, name: &str) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Param(p) if p == name))
+    }
+
     /// The literal text before the first parameter (used to validate `strip_prefix`).
     pub fn literal_prefix(&self) -> &str {
         match self.source.find('{') {
@@ -142,6 +149,17 @@ pub struct RouteMatch<'a> {
     pub policy: &'a RoutePolicy,
     /// `{name}` captures.
     pub params: Vec<(String, String)>,
+}
+
+impl RouteMatch<'_> {
+    /// Fills `{name}` placeholders from the captured parameters (unknown names stay as written).
+    pub fn expand(&self, template: &str) -> String {
+        let mut out = template.to_string();
+        for (k, v) in &self.params {
+            out = out.replace(&format!("{{{k}}}"), v);
+        }
+        out
+    }
 }
 
 /// Routes in order plus the default.

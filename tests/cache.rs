@@ -30,6 +30,10 @@ async fn wait_online(env: &TestEnv) {
     }
 }
 
+fn route_mut<'a>(c: &'a mut outpost::config::Config, name: &str) -> &'a mut outpost::config::RouteConfig {
+    c.routes.iter_mut().find(|r| r.name == name).expect("route")
+}
+
 fn set_strategy(c: &mut outpost::config::Config, route: &str, s: Strategy) {
     for r in &mut c.routes {
         if r.name == route {
@@ -67,7 +71,7 @@ async fn http_strategy_serves_header_less_json_offline_after_one_visit() {
 
 #[tokio::test]
 async fn route_ttl_makes_header_less_responses_fresh() {
-    let env = TestEnv::start_with(|c| c.routes[0].policy.ttl = Some(Duration::from_secs(60))).await;
+    let env = TestEnv::start_with(|c| route_mut(c, "messages").policy.ttl = Some(Duration::from_secs(60))).await;
     assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
     let hit = env.get(MESSAGES).await;
     assert_eq!(cache_of(&hit), "HIT");
@@ -119,7 +123,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
 async fn network_first_uses_the_network_and_falls_back_when_it_times_out() {
     let env = TestEnv::start_with(|c| {
         set_strategy(c, "messages", Strategy::NetworkFirst);
-        c.routes[0].policy.network_timeout = Duration::from_millis(300);
+        route_mut(c, "messages").policy.network_timeout = Duration::from_millis(300);
     })
     .await;
     assert_eq!(cache_of(&env.get(MESSAGES).await), "MISS");
@@ -332,7 +336,8 @@ async fn a_corrupted_blob_is_never_served() {
 
 #[tokio::test]
 async fn black_holed_upstream_second_request_answers_from_cache_in_milliseconds() {
-    let env = TestEnv::start_with(|c| c.routes[0].policy.network_timeout = Duration::from_millis(500)).await;
+    let env =
+        TestEnv::start_with(|c| route_mut(c, "messages").policy.network_timeout = Duration::from_millis(500)).await;
     env.get(MESSAGES).await;
     env.backend.set_fault(Fault::BlackHole);
     let first = env.get(MESSAGES).await;

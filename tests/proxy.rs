@@ -196,14 +196,14 @@ async fn a_200_mb_request_body_streams_to_the_upstream() {
 }
 
 #[tokio::test]
-async fn upstream_down_is_a_quick_offline_503_for_reads_and_a_json_502_for_writes() {
+async fn upstream_down_is_a_quick_offline_503_for_reads_and_a_json_502_for_unqueued_writes() {
     let env = TestEnv::start().await;
     env.backend.set_fault(Fault::Down);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t = Instant::now();
     let r = env
         .client
-        .call(Method::DELETE, &env.url("/api/v1/library/items/l1"), &[], None)
+        .call(Method::POST, &env.url("/api/v1/auth/refresh"), &[], None)
         .await
         .unwrap();
     assert_eq!(r.head.status, 502);

@@ -66,7 +66,7 @@ fn config(port: u16, dir: &std::path::Path, ca: Option<&std::path::Path>) -> Con
         None => String::new(),
     };
     let src = format!(
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[upstreams.api]\nurl = \"https://localhost:{port}\"\nconnect_timeout = \"2s\"\n{ca_line}\n",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[upstreams.api]\nurl = \"https://localhost:{port}\"\nconnect_timeout = \"2s\"\n{ca_line}\n[[routes]]\nprefix = \"/\"\nstrategy = \"network-only\"\nqueue = false\n",
         dir.display().to_string()
     );
     Config::from_toml(&src, "tls.toml", &Overrides::default()).unwrap()

@@ -112,6 +112,29 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, ClientError
     serde_json::from_slice(&r.body).map_err(|e| ClientError::Answer(e.to_string()))
 }
 
+/// Sends an admin call with the token and returns the JSON answer (errors carry the server's message).
+pub async fn admin_call(addr: SocketAddr, method: Method, path: &str, token: &str) -> Result<Value, ClientError> {
+    let c = HttpClient::new(Duration::from_secs(5));
+    let auth = format!("Bearer {token}");
+    let r = c
+        .call(
+            method,
+            &format!("http://{addr}{path}"),
+            &[("authorization", &auth)],
+            None,
+        )
+        .await?;
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    if !r.head.status.is_success() {
+        return Err(ClientError::Answer(format!(
+            "{}: {}",
+            r.head.status,
+            v["error"].as_str().unwrap_or("?")
+        )));
+    }
+    Ok(v)
+}
+
 /// `/api/status` as a one-screen summary.
 pub fn render_status(v: &Value) -> String {
     let mut out = String::new();
@@ -121,7 +144,15 @@ pub fn render_status(v: &Value) -> String {
         v["listen"].as_str().unwrap_or("?"),
         v["data_dir"].as_str().unwrap_or("?")
     ));
-    out.push_str(&format!("cache budget: {} bytes\n", v["max_size"]));
+    out.push_str(&format!(
+        "cache: {} entries, {} bytes of {} allowed\n",
+        v["cache"]["entries"], v["cache"]["bytes"], v["max_size"]
+    ));
+    out.push_str(&format!(
+        "queue: {} pending, state {}\n",
+        v["queue"]["depth"],
+        v["queue"]["state"]["state"].as_str().unwrap_or("?")
+    ));
     out.push_str("upstreams:\n");
     for u in v["upstreams"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -138,5 +169,9 @@ pub fn render_status(v: &Value) -> String {
                 .unwrap_or_default()
         ));
     }
+    out.push_str(&format!(
+        "admin token: {}\n",
+        v["admin_token_file"].as_str().unwrap_or("?")
+    ));
     out
 }

@@ -522,6 +522,10 @@ impl DemoState {
             (&Method::POST, ["api", "v1", "library", "items"]) => {
                 match body.get("audio_file_id").and_then(Value::as_str) {
                     None => (StatusCode::BAD_REQUEST, json!({"error": "audio_file_id is required"})),
+                    Some(aid) if d.library.iter().any(|i| i.audio_file_id == aid) => (
+                        StatusCode::CONFLICT,
+                        json!({"error": "already in the library", "audio_file_id": aid}),
+                    ),
                     Some(aid) => {
                         let item = LibraryItem {
                             id: format!("l{id}"),

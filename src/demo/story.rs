@@ -75,6 +75,12 @@ connect_timeout = "1s"
 first_byte_timeout = "5s"
 
 [[routes]]
+name = "auth"
+prefix = "/api/v1/auth/"
+strategy = "network-only"
+queue = false
+
+[[routes]]
 name = "messages"
 path = "/api/v1/threads/{{thread_id}}/messages"
 kind = "messages"
@@ -88,6 +94,7 @@ kind = "snapshots"
 name = "library"
 prefix = "/api/v1/library"
 kind = "library"
+invalidates = ["/api/v1/library"]
 
 [[routes]]
 name = "media"
@@ -171,6 +178,13 @@ pub async fn run(keep_running: bool) -> std::io::Result<StoryReport> {
         expect_status(&snap, 200).map(|c| format!("{} KB of JSON", c.body.len() / 1024)),
     );
 
+    let lib = client
+        .call(Method::GET, &format!("{base}/api/v1/library"), &[], None)
+        .await;
+    report.check(
+        "open the library",
+        expect_status(&lib, 200).map(|c| format!("{} items", c.json()["items"].as_array().map_or(0, Vec::len))),
+    );
     match render_url {
         Some(u) if u.contains(&backend.media_url()) => {
             report.not_yet("audio URLs in JSON point at Outpost", "media URL rewriting arrives with the audio milestone; the demo plays through the /media/s3/ route instead");
@@ -228,15 +242,25 @@ pub async fn run(keep_running: bool) -> std::io::Result<StoryReport> {
             Some(br#"{"audio_file_id":"a3","title":"Offline pick"}"#.to_vec()),
         )
         .await;
-    match &add {
-        Ok(c) if c.head.status == 202 => report.ok("add a library item offline: queued (202)"),
-        Ok(c) if c.head.status == 502 => report.not_yet(
-            "add a library item offline",
-            "the durable outbox arrives with the queue milestone; today the app gets a 502",
-        ),
-        Ok(c) => report.fail("add a library item offline", format!("status {}", c.head.status)),
-        Err(e) => report.fail("add a library item offline", e),
-    }
+    report.check(
+        "add a library item offline",
+        expect_status(&add, 202).map(|c| format!("202 queued as {}", c.header("x-outpost-queued").unwrap_or("?"))),
+    );
+    let remove = client
+        .call(Method::DELETE, &format!("{base}/api/v1/library/items/l1"), &[], None)
+        .await;
+    report.check(
+        "remove a library item offline",
+        expect_status(&remove, 202).map(|c| format!("202 queued at position {}", c.json()["position"])),
+    );
+    let lib = client
+        .call(Method::GET, &format!("{base}/api/v1/library"), &[], None)
+        .await;
+    report.check(
+        "the library still opens offline, marked as having pending writes",
+        expect_status(&lib, 200)
+            .map(|c| format!("X-Outpost-Pending: {}", c.header("x-outpost-pending").unwrap_or("none"))),
+    );
 
     println!("\n3. The proxy restarts while offline");
     outpost.shutdown().await;
@@ -255,31 +279,64 @@ pub async fn run(keep_running: bool) -> std::io::Result<StoryReport> {
 
     println!("\n4. The backend comes back");
     backend.set_fault(Fault::Up);
-    let lib = client
-        .call(Method::GET, &format!("{base}/api/v1/library"), &[], None)
-        .await;
-    report.check(
-        "library is reachable again",
-        expect_status(&lib, 200).map(|c| format!("{} items", c.json()["items"].as_array().map_or(0, Vec::len))),
-    );
+    let t = Instant::now();
+    while !outpost.upstreams().get(0).connectivity().is_online() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if outpost.upstreams().get(0).connectivity().is_online() {
+        report.ok(&format!(
+            "Outpost sees the backend again after {} ms",
+            t.elapsed().as_millis()
+        ));
+    } else {
+        report.fail("notice the backend is back", "still offline after 10 s");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while outpost.outbox().depth() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let library = backend.state().library_audio_ids();
     let applied: Vec<Value> = backend
         .state()
         .mutations()
         .iter()
-        .map(|m| serde_json::json!([m.method, m.path]))
+        .map(|m| serde_json::json!([m.method, m.path, m.idempotency_key]))
         .collect();
-    if backend.state().library_audio_ids().contains(&"a3".to_string()) {
-        report.ok("the offline library change reached the backend exactly once");
+    let ordered = applied.len() == 2 && applied[0][0] == "POST" && applied[1][0] == "DELETE";
+    if outpost.outbox().depth() == 0
+        && ordered
+        && library.contains(&"a3".to_string())
+        && !library.contains(&"a1".to_string())
+    {
+        report.ok(&format!(
+            "the queue replayed both writes in order, once each; library now {library:?}"
+        ));
     } else {
-        report.not_yet(
-            "the offline library change is replayed to the backend",
-            "replay arrives with the queue milestone",
+        report.fail(
+            "queue replay",
+            format!(
+                "queue depth {}, backend applied {applied:?}, library {library:?}",
+                outpost.outbox().depth()
+            ),
         );
     }
     println!(
         "  backend applied {} mutations: {}",
         applied.len(),
         Value::Array(applied)
+    );
+    let lib = client
+        .call(Method::GET, &format!("{base}/api/v1/library"), &[], None)
+        .await;
+    report.check(
+        "the app sees the library the backend now has",
+        expect_status(&lib, 200).map(|c| {
+            format!(
+                "{} items, cache {}",
+                c.json()["items"].as_array().map_or(0, Vec::len),
+                c.header("x-outpost-cache").unwrap_or("?")
+            )
+        }),
     );
 
     println!(

@@ -7,6 +7,7 @@
 
 mod blob;
 mod entry;
+mod outbox;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 pub use blob::{BlobId, BlobStore, BlobWriter};
 pub use entry::{BlobRecord, Entry, Lookup};
+pub use outbox::{ItemState, OutboxRecord};
 
 /// Layout version written in `meta`; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -204,6 +204,8 @@ impl Upstream {
                 Ok(resp) => {
                     tracing::debug!(upstream = %self.config.name, status = %resp.status(), "probe answered");
                 }
+                // Connected, then broken: the network path is up, which is what the probe asks.
+                Err(UpstreamError::Broken { .. }) => self.connectivity.mark_online(),
                 Err(e) => tracing::debug!(upstream = %self.config.name, error = %e, "probe failed"),
             }
         }

@@ -1,0 +1,139 @@
+//! The durable outbox: queued mutating requests in the `outbox` column family, keyed by sequence number.
+//!
+//! Every write here is synced: a request is acknowledged to the app only after `outbox_put` returned.
+
+use base64::Engine;
+use rocksdb::WriteOptions;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Store, StoreError};
+
+/// Where an item stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    /// Waiting for its turn or its next try.
+    Pending,
+    /// Stopped: the backend refused it (kept with the response) or it ran out of attempts/age.
+    DeadLetter,
+    /// Dropped by the `server-wins` conflict policy; kept as a record.
+    Overridden,
+}
+
+impl ItemState {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::DeadLetter => "dead_letter",
+            ItemState::Overridden => "overridden",
+        }
+    }
+}
+
+/// One queued request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// Public id (`q<seq>`).
+    pub id: String,
+    /// Position in the global order.
+    pub seq: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Client request target (path and query).
+    pub uri: String,
+    /// Request headers as sent by the app (plus the Idempotency-Key).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Request body.
+    #[serde(serialize_with = "ser_b64", deserialize_with = "de_b64")]
+    pub body: Vec<u8>,
+    /// Sent on every attempt.
+    pub idempotency_key: String,
+    /// User partition of the request's credentials.
+    pub partition: String,
+    /// Route name.
+    pub route: String,
+    /// Items with different keys replay independently (`None` = the global line).
+    pub ordering_key: Option<String>,
+    /// Higher first.
+    pub priority: i32,
+    /// GET paths to invalidate once it succeeds.
+    pub invalidates: Vec<String>,
+    /// Unix ms when queued.
+    pub enqueued_ms: u64,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Unix ms of the next attempt.
+    pub next_try_ms: u64,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// State.
+    pub state: ItemState,
+    /// Status and (start of the) body of the answer that stopped it.
+    pub response: Option<(u16, String)>,
+}
+
+fn ser_b64<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+}
+
+fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s = String::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(serde::de::Error::custom)
+}
+
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+impl Store {
+    /// Writes (inserts or replaces) an item durably.
+    pub fn outbox_put(&self, item: &OutboxRecord) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(item).map_err(|e| StoreError::Corrupt {
+            cf: "outbox",
+            reason: e.to_string(),
+        })?;
+        self.db
+            .put_cf_opt(self.cf("outbox"), item.seq.to_be_bytes(), v, &synced())?;
+        Ok(())
+    }
+
+    /// Deletes an item durably.
+    pub fn outbox_delete(&self, seq: u64) -> Result<(), StoreError> {
+        self.db.delete_cf_opt(self.cf("outbox"), seq.to_be_bytes(), &synced())?;
+        Ok(())
+    }
+
+    /// Every item in sequence order (undecodable records are reported and skipped).
+    pub fn outbox_all(&self) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            match serde_json::from_slice::<OutboxRecord>(&v) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!(key = ?k, error = %e, "undecodable outbox record skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest sequence number in use (0 when empty).
+    pub fn outbox_last_seq(&self) -> Result<u64, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::End);
+        match it.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                let mut b = [0u8; 8];
+                if k.len() == 8 {
+                    b.copy_from_slice(&k);
+                }
+                Ok(u64::from_be_bytes(b))
+            }
+            None => Ok(0),
+        }
+    }
+}

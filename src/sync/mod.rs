@@ -1,0 +1,332 @@
+//! The offline mutation queue: a durable outbox of writes the upstream could not take, and the replay
+//! worker that delivers them once it can.
+//!
+//! Promises: an item is acknowledged (202) only after its synced RocksDB write; it is removed only after
+//! the upstream answered it; every attempt carries the same `Idempotency-Key`, so a crash between the
+//! upstream's answer and the removal replays it again with that key (at-least-once delivery,
+//! exactly-once effect at a backend that honours the key). Items replay in order (one line by default;
+//! per-route ordering keys make independent lines), higher priority first among lines.
+
+pub mod backoff;
+mod replay;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+pub use replay::ReplayWorker;
+
+use crate::config::QueueSettings;
+use crate::store::{ItemState, OutboxRecord, Store, StoreError};
+
+/// Why the worker is not replaying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum QueueState {
+    /// Replaying whatever is due.
+    Running,
+    /// Paused by the admin.
+    Paused,
+    /// The upstream refused the stored credentials (401/403); waiting for the app to send a request the
+    /// upstream accepts with newer credentials of this partition.
+    NeedsAuth {
+        /// The user partition whose credentials were refused.
+        partition: String,
+    },
+}
+
+/// Queue failures.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store failed: the write was NOT queued.
+    #[error("outbox write failed: {0}")]
+    Store(#[from] StoreError),
+    /// No item with that id.
+    #[error("no queued item {0}")]
+    NotFound(String),
+}
+
+/// Current Unix time in ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The outbox: durable items plus the in-memory state the request path reads cheaply.
+pub struct Outbox {
+    store: Arc<Store>,
+    settings: QueueSettings,
+    next_seq: AtomicU64,
+    state: Mutex<QueueState>,
+    /// Newer credentials per partition, learned after a 401/403 pause.
+    credentials: Mutex<HashMap<String, HeaderValue>>,
+    /// In-memory mirror of what is pending, so the request path never scans the store.
+    index: Mutex<Index>,
+    /// Serialises enqueue decisions with replay removals, so order checks see a consistent queue.
+    order_lock: Mutex<()>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Pending writes per affected path (their own path and the paths they invalidate).
+    paths: HashMap<String, usize>,
+    /// Pending items: seq → ordering line.
+    pending: std::collections::BTreeMap<u64, Option<String>>,
+}
+
+/// What `enqueue` needs from the request path.
+pub struct NewItem {
+    /// Method.
+    pub method: String,
+    /// Path and query as the app sent them.
+    pub uri: String,
+    /// Headers as the app sent them.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Idempotency key (the app's or generated).
+    pub idempotency_key: String,
+    /// User partition.
+    pub partition: String,
+    /// Route name.
+    pub route: String,
+    /// Ordering line.
+    pub ordering_key: Option<String>,
+    /// Priority.
+    pub priority: i32,
+    /// GET paths invalidated on success.
+    pub invalidates: Vec<String>,
+}
+
+impl Outbox {
+    /// Opens the outbox over the store (items survive restarts).
+    pub fn open(store: Arc<Store>, settings: QueueSettings) -> Result<Outbox, QueueError> {
+        let last = store.outbox_last_seq()?;
+        let outbox = Outbox {
+            store,
+            settings,
+            next_seq: AtomicU64::new(last + 1),
+            state: Mutex::new(QueueState::Running),
+            credentials: Mutex::new(HashMap::new()),
+            index: Mutex::new(Index::default()),
+            order_lock: Mutex::new(()),
+            wake: Notify::new(),
+        };
+        for item in outbox.store.outbox_all()? {
+            if item.state == ItemState::Pending {
+                outbox.count_paths(&item, 1);
+            }
+        }
+        Ok(outbox)
+    }
+
+    /// Replay settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    fn count_paths(&self, item: &OutboxRecord, add: isize) {
+        let mut ix = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if add > 0 {
+            ix.pending.insert(item.seq, item.ordering_key.clone());
+        } else {
+            ix.pending.remove(&item.seq);
+        }
+        let own = item.uri.split('?').next().unwrap_or("").to_string();
+        for path in std::iter::once(own).chain(item.invalidates.iter().cloned()) {
+            let e = ix.paths.entry(path.clone()).or_insert(0);
+            *e = e.saturating_add_signed(add);
+            if *e == 0 {
+                ix.paths.remove(&path);
+            }
+        }
+    }
+
+    /// Pending writes affecting `path` (for `X-Outpost-Pending`).
+    pub fn pending_for(&self, path: &str) -> usize {
+        self.index
+            .lock()
+            .map(|ix| ix.paths.get(path).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// True when a new write in `ordering_key`'s line must queue behind pending items to keep order
+    /// (`None` is the global line: any pending item).
+    pub fn has_pending_in_line(&self, ordering_key: &Option<String>) -> bool {
+        self.index
+            .lock()
+            .map(|ix| {
+                ix.pending
+                    .values()
+                    .any(|k| ordering_key.is_none() || k.is_none() || k == ordering_key)
+            })
+            .unwrap_or(true)
+    }
+
+    /// Stores a write durably (synced) and returns its id and 1-based position among pending items.
+    pub fn enqueue(&self, new: NewItem) -> Result<(String, usize), QueueError> {
+        let _order = self.order_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let now = now_ms();
+        let item = OutboxRecord {
+            id: format!("q{seq}"),
+            seq,
+            method: new.method,
+            uri: new.uri,
+            headers: new.headers,
+            body: new.body,
+            idempotency_key: new.idempotency_key,
+            partition: new.partition,
+            route: new.route,
+            ordering_key: new.ordering_key,
+            priority: new.priority,
+            invalidates: new.invalidates,
+            enqueued_ms: now,
+            attempts: 0,
+            next_try_ms: now,
+            last_error: None,
+            state: ItemState::Pending,
+            response: None,
+        };
+        self.store.outbox_put(&item)?;
+        self.count_paths(&item, 1);
+        let position = self.depth();
+        self.wake.notify_one();
+        Ok((item.id, position))
+    }
+
+    /// All items (pending, dead letters, overridden), in order.
+    pub fn list(&self) -> Result<Vec<OutboxRecord>, QueueError> {
+        Ok(self.store.outbox_all()?)
+    }
+
+    /// Number of pending items.
+    pub fn depth(&self) -> usize {
+        self.index.lock().map(|ix| ix.pending.len()).unwrap_or(0)
+    }
+
+    fn find(&self, id: &str) -> Result<OutboxRecord, QueueError> {
+        self.store
+            .outbox_all()?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))
+    }
+
+    /// Makes an item (pending or dead letter) due now.
+    pub fn retry(&self, id: &str) -> Result<(), QueueError> {
+        let mut item = self.find(id)?;
+        if item.state != ItemState::Pending {
+            self.count_paths(&item, 1);
+        }
+        item.state = ItemState::Pending;
+        item.next_try_ms = now_ms();
+        item.attempts = 0;
+        self.store.outbox_put(&item)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Retries every dead letter; returns how many.
+    pub fn retry_dead_letters(&self) -> Result<usize, QueueError> {
+        let dead: Vec<_> = self
+            .store
+            .outbox_all()?
+            .into_iter()
+            .filter(|i| i.state == ItemState::DeadLetter)
+            .collect();
+        for i in &dead {
+            self.retry(&i.id)?;
+        }
+        Ok(dead.len())
+    }
+
+    /// Removes an item for good.
+    pub fn drop_item(&self, id: &str) -> Result<(), QueueError> {
+        let item = self.find(id)?;
+        self.remove(&item)
+    }
+
+    pub(crate) fn remove(&self, item: &OutboxRecord) -> Result<(), QueueError> {
+        let _order = self.order_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.outbox_delete(item.seq)?;
+        if item.state == ItemState::Pending {
+            self.count_paths(item, -1);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn update(&self, item: &OutboxRecord, was_pending: bool) -> Result<(), QueueError> {
+        self.store.outbox_put(item)?;
+        if was_pending && item.state != ItemState::Pending {
+            self.count_paths(item, -1);
+        }
+        Ok(())
+    }
+
+    /// Current state.
+    pub fn state(&self) -> QueueState {
+        self.state.lock().map(|s| s.clone()).unwrap_or(QueueState::Running)
+    }
+
+    pub(crate) fn set_state(&self, s: QueueState) {
+        if let Ok(mut st) = self.state.lock() {
+            if *st != s {
+                tracing::info!(state = ?s, "queue state");
+                *st = s;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Pauses or resumes replay (admin).
+    pub fn set_paused(&self, paused: bool) {
+        self.set_state(if paused {
+            QueueState::Paused
+        } else {
+            QueueState::Running
+        });
+    }
+
+    /// The request path saw the upstream accept `authorization`: if the queue waits for newer credentials
+    /// of that user's partition, remember them and resume. Cheap when the queue is not waiting.
+    pub fn credentials_accepted(&self, authorization: &HeaderValue) {
+        let QueueState::NeedsAuth { partition: waiting } = self.state() else {
+            return;
+        };
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, authorization.clone());
+        let partition = crate::cache::key::partition(&h);
+        if partition != waiting {
+            return;
+        }
+        let partition = partition.as_str();
+        if let Ok(mut c) = self.credentials.lock() {
+            c.insert(partition.to_string(), authorization.clone());
+        }
+        tracing::info!(partition, "newer credentials accepted upstream; resuming the queue");
+        self.set_state(QueueState::Running);
+    }
+
+    /// Credentials to use instead of the stored ones for `partition`.
+    pub fn credential_for(&self, partition: &str) -> Option<HeaderValue> {
+        self.credentials.lock().ok().and_then(|c| c.get(partition).cloned())
+    }
+
+    /// Wakes the replay worker (enqueue, retry, upstream back online).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+}

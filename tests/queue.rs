@@ -1,0 +1,438 @@
+//! The offline mutation queue over real sockets: durable 202s, ordered exactly-once replay, conflicts,
+//! 401 pauses, the admin API, and a SIGKILL right after the 202.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use http::Method;
+use outpost::admin::client::Collected;
+use outpost::config::ConflictPolicy;
+use outpost::demo::{make_token, Fault};
+
+fn fast_backoff(c: &mut outpost::config::Config) {
+    c.queue.backoff_base = Duration::from_millis(20);
+    c.queue.backoff_cap = Duration::from_millis(200);
+}
+
+async fn post(env: &TestEnv, path: &str, body: &str, headers: &[(&str, &str)]) -> Collected {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    env.client
+        .call(Method::POST, &env.url(path), &h, Some(body.as_bytes().to_vec()))
+        .await
+        .expect("request")
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn offline_writes_survive_a_restart_and_replay_in_order_exactly_once() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    env.get("/api/v1/library").await;
+    env.backend.set_fault(Fault::Down);
+    let a = post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a3"}"#, &[]).await;
+    assert_eq!(a.head.status, 202);
+    assert_eq!(a.json()["queued"], true);
+    assert_eq!(a.json()["position"], 1);
+    let id = a.header("x-outpost-queued").unwrap().to_string();
+    assert_eq!(a.json()["id"], id.as_str());
+    let b = env
+        .client
+        .call(Method::DELETE, &env.url("/api/v1/library/items/l1"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!((b.head.status.as_u16(), b.json()["position"].as_u64()), (202, Some(2)));
+    let c = post(
+        &env,
+        "/api/v1/threads/t2/messages",
+        r#"{"text":"written offline"}"#,
+        &[("idempotency-key", "app-key-1")],
+    )
+    .await;
+    assert_eq!(c.head.status, 202);
+    let lib = env.get("/api/v1/library").await;
+    assert_eq!(
+        lib.header("x-outpost-pending"),
+        Some("2"),
+        "the library has two writes pending"
+    );
+
+    let TestEnv {
+        backend,
+        outpost,
+        client,
+        dir,
+        config,
+    } = env;
+    outpost.shutdown().await;
+    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
+    assert_eq!(outpost.outbox().depth(), 3, "the queue survived the restart");
+    let env = TestEnv {
+        backend,
+        outpost,
+        client,
+        dir,
+        config,
+    };
+    env.backend.set_fault(Fault::Up);
+    wait_until("the queue to drain", 15, || env.outpost.outbox().depth() == 0).await;
+
+    let log = env.backend.state().mutations();
+    let order: Vec<(String, String)> = log.iter().map(|m| (m.method.clone(), m.path.clone())).collect();
+    assert_eq!(
+        order,
+        vec![
+            ("POST".to_string(), "/api/v1/library/items".to_string()),
+            ("DELETE".to_string(), "/api/v1/library/items/l1".to_string()),
+            ("POST".to_string(), "/api/v1/threads/t2/messages".to_string()),
+        ],
+        "the app's order"
+    );
+    assert_eq!(
+        log[2].idempotency_key.as_deref(),
+        Some("app-key-1"),
+        "the app's own key is kept"
+    );
+    assert!(
+        log[0]
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("outpost-")),
+        "a generated key otherwise"
+    );
+    let lib = env.backend.state().library_audio_ids();
+    assert!(
+        lib.contains(&"a3".to_string()) && !lib.contains(&"a1".to_string()),
+        "{lib:?}"
+    );
+    // The stored library was invalidated by the replay: the next read goes to the backend.
+    let after = env.get("/api/v1/library").await;
+    assert_eq!(after.header("x-outpost-cache"), Some("MISS"));
+    assert!(after.header("x-outpost-pending").is_none());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_whose_answer_was_lost_is_sent_again_with_the_same_key_and_applied_once() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    env.backend.set_fault(Fault::Down);
+    assert_eq!(
+        post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a4"}"#, &[])
+            .await
+            .head
+            .status,
+        202
+    );
+    // The backend applies the write but the answer breaks on the way back.
+    env.backend.set_fault(Fault::ResetMidBody);
+    wait_until("a first delivery", 10, || !env.backend.state().mutations().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.backend.set_fault(Fault::Up);
+    wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
+    let log = env.backend.state().mutations();
+    assert_eq!(log.len(), 1, "applied exactly once: {log:?}");
+    assert_eq!(
+        env.backend
+            .state()
+            .library_audio_ids()
+            .iter()
+            .filter(|a| *a == "a4")
+            .count(),
+        1
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_while_earlier_ones_are_queued_queues_behind_them() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    env.outpost.outbox().set_paused(true);
+    env.backend.set_fault(Fault::Down);
+    assert_eq!(
+        post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a6"}"#, &[])
+            .await
+            .head
+            .status,
+        202
+    );
+    env.backend.set_fault(Fault::Up);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Online now, but going first would reorder: this one queues too.
+    let r = env
+        .client
+        .call(Method::DELETE, &env.url("/api/v1/library/items/a6"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.head.status, 202);
+    env.outpost.outbox().set_paused(false);
+    wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
+    let methods: Vec<String> = env
+        .backend
+        .state()
+        .mutations()
+        .iter()
+        .map(|m| m.method.clone())
+        .collect();
+    assert_eq!(methods, vec!["POST", "DELETE"]);
+    assert!(!env.backend.state().library_audio_ids().contains(&"a6".to_string()));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_conflict_under_server_wins_is_dropped_and_recorded() {
+    let env = TestEnv::start_with(|c| {
+        fast_backoff(c);
+        for r in &mut c.routes {
+            if r.name == "library" {
+                r.policy.conflict = ConflictPolicy::ServerWins;
+            }
+        }
+    })
+    .await;
+    env.backend.set_fault(Fault::Down);
+    // a1 is already in the demo library: the backend will answer 409.
+    assert_eq!(
+        post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a1"}"#, &[])
+            .await
+            .head
+            .status,
+        202
+    );
+    env.backend.set_fault(Fault::Up);
+    wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
+    let items = env.outpost.outbox().list().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].state.as_str(), "overridden");
+    assert_eq!(items[0].response.as_ref().map(|r| r.0), Some(409));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn other_4xx_answers_become_dead_letters_that_can_be_retried() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    env.backend.set_fault(Fault::Down);
+    assert_eq!(
+        post(&env, "/api/v1/library/items", r#"{"title":"no id"}"#, &[])
+            .await
+            .head
+            .status,
+        202
+    );
+    env.backend.set_fault(Fault::Up);
+    wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
+    let items = env.outpost.outbox().list().unwrap();
+    assert_eq!(items[0].state.as_str(), "dead_letter");
+    let (status, body) = items[0].response.clone().unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("audio_file_id is required"), "the answer is kept: {body}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_401_pauses_the_queue_until_the_app_uses_a_refreshed_token() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    let old = format!("Bearer {}", make_token("alice", 1));
+    env.backend.set_fault(Fault::Down);
+    let r = post(
+        &env,
+        "/api/v1/library/items",
+        r#"{"audio_file_id":"a6"}"#,
+        &[("authorization", &old)],
+    )
+    .await;
+    assert_eq!(r.head.status, 202);
+    env.backend.set_fault(Fault::Unauthorized);
+    wait_until("the queue to pause", 10, || {
+        matches!(
+            env.outpost.outbox().state(),
+            outpost::sync::QueueState::NeedsAuth { .. }
+        )
+    })
+    .await;
+    assert_eq!(env.outpost.outbox().depth(), 1, "nothing lost while paused");
+    // The app refreshes its token (not queued: the auth route has queue = false) and uses it.
+    let refreshed = post(&env, "/api/v1/auth/refresh", "{}", &[]).await;
+    assert_eq!(refreshed.head.status, 200);
+    let new = format!("Bearer {}", refreshed.json()["token"].as_str().unwrap());
+    let ok = env
+        .client
+        .call(
+            Method::GET,
+            &env.url("/api/v1/threads"),
+            &[("authorization", &new)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.head.status, 200);
+    wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
+    assert!(env.backend.state().library_audio_ids().contains(&"a6".to_string()));
+    assert_eq!(env.outpost.outbox().state(), outpost::sync::QueueState::Running);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_pauses_retries_and_drops_with_the_token_only() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    env.backend.set_fault(Fault::Down);
+    post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a6"}"#, &[]).await;
+    post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a2"}"#, &[]).await;
+    let admin = env.outpost.admin_addr();
+    let token = std::fs::read_to_string(env.dir.path().join("admin.token")).unwrap();
+    let list = outpost::admin::client::get_json(admin, "/api/queue").await.unwrap();
+    assert_eq!(list["depth"], 2);
+    assert_eq!(list["items"][0]["method"], "POST");
+    let no = env
+        .client
+        .call(Method::POST, &format!("http://{admin}/api/queue/pause"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(no.head.status, 401);
+    let wrong = env
+        .client
+        .call(
+            Method::POST,
+            &format!("http://{admin}/api/queue/pause"),
+            &[("authorization", "Bearer nope")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.head.status, 401);
+    use outpost::admin::client::admin_call;
+    admin_call(admin, Method::POST, "/api/queue/pause", &token)
+        .await
+        .unwrap();
+    let id = list["items"][1]["id"].as_str().unwrap().to_string();
+    admin_call(admin, Method::DELETE, &format!("/api/queue/{id}"), &token)
+        .await
+        .unwrap();
+    assert!(admin_call(admin, Method::DELETE, "/api/queue/q999", &token)
+        .await
+        .is_err());
+    env.backend.set_fault(Fault::Up);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.outpost.outbox().depth(), 1, "paused: nothing replays");
+    admin_call(admin, Method::POST, "/api/queue/resume", &token)
+        .await
+        .unwrap();
+    wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
+    let lib = env.backend.state().library_audio_ids();
+    assert!(
+        lib.contains(&"a6".to_string()) && !lib.contains(&"a2".to_string()),
+        "{lib:?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_synthetic_answer_replaces_the_202_when_configured() {
+    let env = TestEnv::start_with(|c| {
+        for r in &mut c.routes {
+            if r.name == "messages" {
+                r.policy.queued_status = Some(201);
+                r.policy.queued_body = Some(r#"{"pending_id":"{id}","message":{body}}"#.to_string());
+            }
+        }
+    })
+    .await;
+    env.backend.set_fault(Fault::Down);
+    let r = post(&env, "/api/v1/threads/t1/messages", r#"{"text":"hi"}"#, &[]).await;
+    assert_eq!(r.head.status, 201);
+    assert_eq!(r.json()["message"]["text"], "hi");
+    assert_eq!(r.json()["pending_id"], r.header("x-outpost-queued").unwrap());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_is_refused_clearly_while_offline() {
+    let env = TestEnv::start_with(|c| {
+        for r in &mut c.routes {
+            r.policy.max_body = 16;
+        }
+    })
+    .await;
+    env.backend.set_fault(Fault::Down);
+    let r = post(
+        &env,
+        "/api/v1/threads/t1/messages",
+        r#"{"text":"this is longer than sixteen bytes"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.head.status, 503);
+    assert!(r.json()["error"].as_str().unwrap().contains("max_body"), "{}", r.json());
+    assert_eq!(env.outpost.outbox().depth(), 0);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_process_killed_right_after_its_202_still_delivers_after_restart() {
+    let backend = outpost::demo::DemoBackend::start(Default::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("outpost.toml");
+    let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
+    let listen = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let admin = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "listen = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ndata_dir = {:?}\n[queue]\nbackoff_base = \"50ms\"\nbackoff_cap = \"200ms\"\n[upstreams.api]\nurl = \"{}\"\nprobe_interval = \"100ms\"\n",
+            dir.path().join("data").display().to_string(),
+            backend.api_url()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_ready = |child: &mut std::process::Child| {
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+    };
+    backend.set_fault(Fault::Down);
+    let mut child = spawn();
+    wait_ready(&mut child);
+    let client = outpost::admin::client::HttpClient::new(Duration::from_secs(10));
+    let r = client
+        .call(
+            Method::POST,
+            &format!("http://127.0.0.1:{listen}/api/v1/library/items"),
+            &[("content-type", "application/json")],
+            Some(br#"{"audio_file_id":"a6"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.head.status, 202);
+    // SIGKILL: no shutdown, no flush beyond what the 202 already promised.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    backend.set_fault(Fault::Up);
+    let mut child = spawn();
+    wait_ready(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !backend.state().library_audio_ids().contains(&"a6".to_string()) {
+        assert!(Instant::now() < deadline, "the acknowledged write never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backend.state().mutations().len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    backend.stop().await;
+}
