@@ -496,6 +496,20 @@ impl Proxy {
                 Err(e) => (miss_failure(&e), Outcome::Miss),
             };
         }
+        if req.headers.contains_key(header::RANGE) {
+            // A player seeking on a miss must not wait for the whole file: its range is passed through
+            // while one background request fills the whole object (however many ranges arrive meanwhile).
+            if let FillSlot::Leader(guard) = self.cache.claim(&primary) {
+                let mut full = req.clone();
+                full.headers.remove(header::RANGE);
+                full.headers.remove(header::IF_RANGE);
+                self.fill_in_background(full, upstream.clone(), guard, peer);
+            }
+            return match self.fetch(&req, route, upstream, None, None, None, peer).await {
+                Ok(Fetched::Full(resp)) | Ok(Fetched::NotModified(resp)) => (resp, Outcome::Miss),
+                Err(e) => (miss_failure(&e), Outcome::Miss),
+            };
+        }
         // Collapse concurrent misses: one request fetches, the others wait for its fill.
         match self.cache.claim(&primary) {
             FillSlot::Leader(guard) => match self.fetch(&req, route, upstream, None, None, Some(guard), peer).await {
@@ -534,7 +548,7 @@ impl Proxy {
         }
         match self
             .cache
-            .respond(hit, req.method == Method::HEAD, SystemTime::now())
+            .respond(hit, &req.headers, req.method == Method::HEAD, SystemTime::now())
             .await
         {
             Ok(resp) => (resp, outcome),
@@ -633,6 +647,30 @@ impl Proxy {
                 Ok(Fetched::Full(resp))
             }
         }
+    }
+
+    /// Fetches the whole object for `req` and drains it into the store, holding `guard` until done.
+    fn fill_in_background(
+        self: &Arc<Self>,
+        req: RequestHead,
+        upstream: Arc<Upstream>,
+        guard: FillGuard,
+        peer: SocketAddr,
+    ) {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let route = proxy.routes.route(&req.method, req.uri.path());
+            match proxy
+                .fetch(&req, &route, &upstream, None, None, Some(guard), peer)
+                .await
+            {
+                Ok(Fetched::Full(resp)) | Ok(Fetched::NotModified(resp)) => {
+                    let mut body = resp.into_body();
+                    while let Some(Ok(_)) = body.frame().await {}
+                }
+                Err(e) => tracing::debug!(error = %e, "background fill failed"),
+            }
+        });
     }
 
     /// stale-while-revalidate: refresh a stale entry without holding up the client.

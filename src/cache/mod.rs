@@ -8,6 +8,7 @@
 
 pub mod key;
 pub mod policy;
+pub mod range;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use futures_util::stream;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError, ProxyBody};
@@ -266,13 +267,36 @@ impl Cache {
     pub async fn respond(
         &self,
         hit: &Hit,
+        req_headers: &HeaderMap,
         head_only: bool,
         now: SystemTime,
     ) -> Result<Response<ProxyBody>, CacheError> {
         self.ensure_verified(hit).await?;
         let headers = hit.entry.header_map();
         let age = hit.age(&headers, now);
-        let body = if head_only || hit.entry.size == 0 {
+        let size = hit.entry.size;
+        let answer = if hit.entry.status == 200 {
+            range::decide(req_headers, &headers, size)
+        } else {
+            range::RangeAnswer::Full
+        };
+        let (status, start, len) = match answer {
+            range::RangeAnswer::Full => (
+                StatusCode::from_u16(hit.entry.status).unwrap_or(StatusCode::OK),
+                0,
+                size,
+            ),
+            range::RangeAnswer::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+            range::RangeAnswer::Unsatisfiable => {
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(resp);
+            }
+        };
+        let body = if head_only || len == 0 {
             body::empty()
         } else {
             let file = self
@@ -283,15 +307,24 @@ impl Cache {
                     hash: hit.entry.blob.clone(),
                     reason: e.to_string(),
                 })?;
-            file_body(tokio::fs::File::from_std(file), hit.entry.size)
+            file_body(tokio::fs::File::from_std(file), start, len)
         };
         let mut resp = Response::new(body);
-        *resp.status_mut() = StatusCode::from_u16(hit.entry.status).unwrap_or(StatusCode::OK);
+        *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         resp.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
-        if !resp.headers().contains_key(header::CONTENT_LENGTH) && hit.entry.status != 204 {
+        if hit.entry.status != 204 {
             resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(hit.entry.size));
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        if hit.entry.status == 200 {
+            resp.headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        }
+        if status == StatusCode::PARTIAL_CONTENT {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
         }
         Ok(resp)
     }
@@ -454,22 +487,28 @@ fn channel_body(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> ProxyBody {
     StreamBody::new(s).boxed()
 }
 
-/// Streams `size` bytes of a blob file in 64 KiB chunks; a short file ends the body with an error.
-pub fn file_body(file: tokio::fs::File, size: u64) -> ProxyBody {
-    let s = stream::unfold((file, size), |(mut file, left)| async move {
+/// Streams `len` bytes of a blob file from `start`, in 64 KiB chunks; a short file ends the body with an
+/// error.
+pub fn file_body(file: tokio::fs::File, start: u64, len: u64) -> ProxyBody {
+    let s = stream::unfold((file, len, start), |(mut file, left, seek)| async move {
         if left == 0 {
             return None;
+        }
+        if seek > 0 {
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(seek)).await {
+                return Some((Err(Box::new(e) as BoxError), (file, 0, 0)));
+            }
         }
         let want = left.min(64 * 1024) as usize;
         let mut buf = BytesMut::zeroed(want);
         match file.read(&mut buf).await {
-            Ok(0) => Some((Err::<Frame<Bytes>, BoxError>("blob ended early".into()), (file, 0))),
+            Ok(0) => Some((Err::<Frame<Bytes>, BoxError>("blob ended early".into()), (file, 0, 0))),
             Ok(n) => {
                 buf.truncate(n);
                 let left = left - n as u64;
-                Some((Ok(Frame::data(buf.freeze())), (file, left)))
+                Some((Ok(Frame::data(buf.freeze())), (file, left, 0)))
             }
-            Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0))),
+            Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0, 0))),
         }
     });
     StreamBody::new(s).boxed()
