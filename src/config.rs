@@ -119,6 +119,8 @@ struct RawRoute {
     ordering_key: Option<Spanned<String>>,
     priority: Option<i32>,
     invalidates: Option<Vec<Spanned<String>>>,
+    rewrite: Option<Vec<Spanned<String>>>,
+    rewrite_max: Option<Spanned<String>>,
     queued_status: Option<Spanned<u16>>,
     queued_body: Option<String>,
 }
@@ -272,10 +274,26 @@ pub struct RoutePolicy {
     pub priority: i32,
     /// GET paths (may use the route's `{params}`) invalidated when a write on this route succeeds.
     pub invalidates: Vec<String>,
+    /// Media rewriting: absolute URLs of these upstreams inside this route's JSON responses become
+    /// local URLs through the prefix route that serves each upstream.
+    pub rewrite: Vec<MediaRewrite>,
+    /// JSON bodies larger than this are passed through unrewritten.
+    pub rewrite_max: u64,
     /// Instead of 202, answer queued writes with this status and `queued_body`.
     pub queued_status: Option<u16>,
     /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
     pub queued_body: Option<String>,
+}
+
+/// One media rewrite rule: `https://media.host/base/...` → `<client's host><local_prefix>/...`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MediaRewrite {
+    /// Upstream whose absolute URLs are rewritten.
+    pub upstream: String,
+    /// Its URL as text, without a trailing slash (what is matched).
+    pub origin: String,
+    /// The local path prefix routed to it (the route's strip_prefix).
+    pub local_prefix: String,
 }
 
 /// What a replay that meets a conflict (409/412) does.
@@ -333,6 +351,8 @@ impl Default for RoutePolicy {
             invalidates: Vec::new(),
             queued_status: None,
             queued_body: None,
+            rewrite: Vec::new(),
+            rewrite_max: 4 << 20,
         }
     }
 }
@@ -820,6 +840,11 @@ impl RawConfig {
                     Some(v) => return Err(cx.err(Some(v.span()), &key("queued_status"), "must be a 2xx status")),
                 },
                 queued_body: raw.queued_body.clone(),
+                rewrite: Vec::new(),
+                rewrite_max: match &raw.rewrite_max {
+                    None => defaults.rewrite_max,
+                    Some(v) => parse_size(v.get_ref()).map_err(|r| cx.err(Some(v.span()), &key("rewrite_max"), r))?,
+                },
             };
             routes.push(RouteConfig {
                 name: raw.name.clone().unwrap_or_else(|| format!("route{i}")),
@@ -830,6 +855,38 @@ impl RawConfig {
                 methods,
                 policy,
             });
+        }
+
+        // Media rewriting needs every route: the local prefix of an upstream is the strip_prefix of a prefix
+        // route to it.
+        for (i, raw) in self.routes.iter().enumerate() {
+            for (j, name) in raw.rewrite.iter().flatten().enumerate() {
+                let k = format!("routes[{i}].rewrite[{j}]");
+                let Some(up) = upstreams.iter().position(|u| &u.name == name.get_ref()) else {
+                    return Err(cx.err(
+                        Some(name.span()),
+                        &k,
+                        format!("no upstream named {:?} (known: {})", name.get_ref(), known(&upstreams)),
+                    ));
+                };
+                let local = routes
+                    .iter()
+                    .find(|r| r.upstream == up && r.strip_prefix.is_some())
+                    .and_then(|r| r.strip_prefix.clone())
+                    .ok_or_else(|| {
+                        cx.err(
+                            Some(name.span()),
+                            &k,
+                            format!("no route with a strip_prefix serves upstream {:?}; add one (e.g. prefix = \"/media/{0}/\", strip_prefix = \"/media/{0}\")", name.get_ref()),
+                        )
+                    })?;
+                let origin = upstreams[up].url.to_string().trim_end_matches('/').to_string();
+                routes[i].policy.rewrite.push(MediaRewrite {
+                    upstream: name.get_ref().clone(),
+                    origin,
+                    local_prefix: local.trim_end_matches('/').to_string(),
+                });
+            }
         }
 
         Ok(Config {

@@ -4,6 +4,7 @@
 //! - [`config`]: TOML + flags → a checked [`config::Config`]; every error names file, line, key, reason.
 //! - [`routes`]: the route table (path patterns with `{params}` → upstream + policy), first match wins.
 //! - [`proxy`]: the request path: classify, route, forward with streamed bodies, answer errors.
+//! - [`rewrite`]: media URLs inside JSON answers turned into Outpost URLs (audio flows through the cache).
 //! - [`upstream`]: pooled rustls clients per named upstream, timeouts, connectivity state.
 //! - [`cache`]: RFC 9111 rules, cache keys and user partitions, serving from and filling the store.
 //! - [`sync`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts).
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod proxy;
+pub mod rewrite;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -118,6 +118,14 @@ impl Proxy {
         let cacheable =
             (method == Method::GET || method == Method::HEAD) && route.policy.strategy != Strategy::NetworkOnly;
         let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+        let rewrite_base = (!route.policy.rewrite.is_empty())
+            .then(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| format!("http://{h}"))
+            })
+            .flatten();
         let (mut resp, outcome) = if cacheable {
             let (parts, _body) = req.into_parts();
             self.cached(head_of(parts), &route, &upstream, peer).await
@@ -146,6 +154,12 @@ impl Proxy {
             // A paused queue (401/403 on replay) resumes once the upstream accepts newer credentials.
             if resp.status().is_success() && matches!(outcome, Outcome::Miss | Outcome::Revalidated | Outcome::Bypass) {
                 self.outbox.credentials_accepted(auth);
+            }
+        }
+        if let Some(base) = rewrite_base {
+            if method == Method::GET && resp.status() == StatusCode::OK {
+                resp = crate::rewrite::rewrite_response(resp, &route.policy.rewrite, &base, route.policy.rewrite_max)
+                    .await;
             }
         }
         if cacheable {

@@ -148,6 +148,7 @@ impl Admin {
     fn status(&self) -> Value {
         let ups: Vec<_> = self.upstreams.iter().map(|u| u.connectivity().snapshot()).collect();
         let (entries, bytes) = self.store.usage().unwrap_or((0, 0));
+        let saved = self.store.dedup_saved().unwrap_or(0);
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "listen": self.config.listen.to_string(),
@@ -155,7 +156,7 @@ impl Admin {
             "max_size": self.config.max_size,
             "upstreams": ups,
             "queue": {"state": self.outbox.state(), "depth": self.outbox.depth()},
-            "cache": {"entries": entries, "bytes": bytes},
+            "cache": {"entries": entries, "bytes": bytes, "dedup_saved_bytes": saved},
             "admin_token_file": token_path(&self.config.data_dir).display().to_string(),
         })
     }

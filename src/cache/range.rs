@@ -89,7 +89,8 @@ mod tests {
     fn range_forms_rfc9110_14() {
         let stored = h(&[("etag", "\"v1\""), ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")]);
         let p = |start, end| RangeAnswer::Partial { start, end };
-        let cases: Vec<(&str, Vec<(&str, &str)>, RangeAnswer)> = vec![
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, RangeAnswer);
+        let cases: Vec<Case> = vec![
             ("no Range", vec![], RangeAnswer::Full),
             ("closed", vec![("range", "bytes=0-99")], p(0, 99)),
             ("open-ended", vec![("range", "bytes=900-")], p(900, 999)),

@@ -1,0 +1,157 @@
+//! Media URL rewriting: absolute URLs of media upstreams inside JSON answers become Outpost URLs, so an
+//! unmodified app fetches its audio through Outpost (and so from the cache when offline).
+//!
+//! Promises: JSON is parsed and re-serialised, never patched as text, so the result is always valid JSON;
+//! a body that is not JSON, or larger than the route's `rewrite_max`, passes through untouched; when the
+//! body changes, `Content-Length` is recomputed and a strong `ETag` is weakened (the bytes differ from
+//! the origin's representation).
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, StreamExt};
+use http::{header, HeaderValue, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::Value;
+
+use crate::body::ProxyBody;
+use crate::config::MediaRewrite;
+
+/// Rewrites every string in `v` that starts with a rule's origin; returns how many changed.
+pub fn rewrite_value(v: &mut Value, rules: &[MediaRewrite], local_base: &str) -> usize {
+    match v {
+        Value::String(s) => {
+            for r in rules {
+                if let Some(rest) = s.strip_prefix(r.origin.as_str()) {
+                    if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
+                        *s = format!("{local_base}{}{rest}", r.local_prefix);
+                        return 1;
+                    }
+                }
+            }
+            0
+        }
+        Value::Array(a) => a.iter_mut().map(|x| rewrite_value(x, rules, local_base)).sum(),
+        Value::Object(o) => o.values_mut().map(|x| rewrite_value(x, rules, local_base)).sum(),
+        _ => 0,
+    }
+}
+
+/// Rewrites JSON bytes; `None` when they are not JSON or nothing matched.
+pub fn rewrite_json(bytes: &[u8], rules: &[MediaRewrite], local_base: &str) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    if rewrite_value(&mut v, rules, local_base) == 0 {
+        return None;
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+fn is_json(resp: &Response<ProxyBody>) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            ct.starts_with("application/json") || (ct.starts_with("application/") && ct.contains("+json"))
+        })
+}
+
+/// Applies `rules` to a JSON answer, reading at most `max` bytes of it.
+pub async fn rewrite_response(
+    resp: Response<ProxyBody>,
+    rules: &[MediaRewrite],
+    local_base: &str,
+    max: u64,
+) -> Response<ProxyBody> {
+    if rules.is_empty() || !is_json(&resp) || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let declared: Option<u64> = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > max) {
+        return resp;
+    }
+    let (mut parts, mut body) = resp.into_parts();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                let Ok(d) = f.into_data() else { continue };
+                if buf.len() as u64 + d.len() as u64 > max {
+                    // Too big after all: pass what was read and the rest through untouched.
+                    let head = stream::iter([Ok(Frame::data(buf.freeze())), Ok(Frame::data(d))]);
+                    let rest = http_body_util::BodyStream::new(body);
+                    return Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head.chain(rest))));
+                }
+                buf.extend_from_slice(&d);
+            }
+            Err(e) => {
+                // Keep the failure visible to the client: the bytes so far, then the error.
+                let head = stream::iter([Ok(Frame::data(buf.freeze())), Err(e)]);
+                return Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head)));
+            }
+        }
+    }
+    let original = buf.freeze();
+    let out: Bytes = match rewrite_json(&original, rules, local_base) {
+        Some(v) => {
+            if let Some(etag) = parts.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+                if !etag.starts_with("W/") {
+                    if let Ok(weak) = HeaderValue::from_str(&format!("W/{etag}")) {
+                        parts.headers.insert(header::ETAG, weak);
+                    }
+                }
+            }
+            Bytes::from(v)
+        }
+        None => original,
+    };
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Response::from_parts(parts, crate::body::full(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Vec<MediaRewrite> {
+        vec![MediaRewrite {
+            upstream: "media".into(),
+            origin: "https://bucket.s3.example.com".into(),
+            local_prefix: "/media/s3".into(),
+        }]
+    }
+
+    #[test]
+    fn nested_urls_are_rewritten_and_the_json_stays_valid() {
+        let src = json!({
+            "messages": [{"renders": [{"audio_file_id": "a1", "url": "https://bucket.s3.example.com/r/1.mp3?X-Amz-Signature=a%2Fb&x=\"q\""}]}],
+            "other": "https://bucket.s3.example.com.evil.net/x",
+            "exact": "https://bucket.s3.example.com",
+            "n": 1
+        });
+        let out = rewrite_json(src.to_string().as_bytes(), &rules(), "http://127.0.0.1:8787").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"][0]["renders"][0]["url"],
+            "http://127.0.0.1:8787/media/s3/r/1.mp3?X-Amz-Signature=a%2Fb&x=\"q\""
+        );
+        assert_eq!(
+            v["other"], "https://bucket.s3.example.com.evil.net/x",
+            "a longer host is not a match"
+        );
+        assert_eq!(v["exact"], "http://127.0.0.1:8787/media/s3");
+        assert_eq!(v["n"], 1);
+    }
+
+    #[test]
+    fn non_json_and_unmatched_bodies_are_left_alone() {
+        assert!(rewrite_json(b"not json https://bucket.s3.example.com/x", &rules(), "http://h").is_none());
+        assert!(rewrite_json(br#"{"url":"https://elsewhere/x"}"#, &rules(), "http://h").is_none());
+    }
+}
