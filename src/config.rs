@@ -81,6 +81,7 @@ pub struct RawConfig {
 struct RawCache {
     shared: Option<bool>,
     verify_on_read: Option<bool>,
+    auto_evict: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +387,8 @@ pub struct CacheSettings {
     pub shared: bool,
     /// Hash every blob on every read, not only on first use after start.
     pub verify_on_read: bool,
+    /// Evict by itself when over `max_size` (off: fills beyond the budget are not stored).
+    pub auto_evict: bool,
 }
 
 /// The checked configuration Outpost runs with.
@@ -917,6 +920,7 @@ impl RawConfig {
             cache: CacheSettings {
                 shared: self.cache.shared.unwrap_or(false),
                 verify_on_read: self.cache.verify_on_read.unwrap_or(false),
+                auto_evict: self.cache.auto_evict.unwrap_or(true),
             },
             upstreams,
             default_upstream,

@@ -8,6 +8,7 @@
 //! - [`upstream`]: pooled rustls clients per named upstream, timeouts, connectivity state.
 //! - [`cache`]: RFC 9111 rules, cache keys and user partitions, serving from and filling the store.
 //! - [`sync`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts).
+//! - [`evict`]: the size budget: LRU eviction in the background, pins, usage.
 //! - [`store`]: the data directory: RocksDB column families and content-addressed blob files.
 //! - [`admin`]: the admin API on its own loopback port.
 //! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
@@ -24,6 +25,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod evict;
 pub mod proxy;
 pub mod rewrite;
 pub mod routes;
@@ -37,9 +39,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::admin::metrics::Metrics;
 use crate::cache::policy::CacheRole;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::evict::Evictor;
 use crate::proxy::Proxy;
 use crate::server::{Server, ShutdownSignal};
 use crate::store::{Store, StoreError};
@@ -81,6 +85,7 @@ pub struct Outpost {
     upstreams: Arc<Upstreams>,
     outbox: Arc<Outbox>,
     replay: tokio::task::JoinHandle<()>,
+    evict_task: tokio::task::JoinHandle<()>,
 }
 
 impl Outpost {
@@ -124,7 +129,25 @@ impl Outpost {
         } else {
             CacheRole::Private
         };
-        let cache = Arc::new(Cache::new(store.clone(), role, config.cache.verify_on_read));
+        // Settings changed at run time (admin API) override the file until reset.
+        let max_size = store
+            .setting("max_size")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(config.max_size);
+        let auto_evict = store
+            .setting("auto_evict")?
+            .map(|v| v == "true")
+            .unwrap_or(config.cache.auto_evict);
+        let evictor = Arc::new(Evictor::open(store.clone(), max_size, auto_evict)?);
+        let evict_task = tokio::spawn(evictor.clone().run(shutdown.triggered()));
+        evictor.wake();
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(Cache::new(
+            store.clone(),
+            evictor.clone(),
+            role,
+            config.cache.verify_on_read,
+        ));
         for upstream in upstreams.iter() {
             tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
         }
@@ -134,6 +157,7 @@ impl Outpost {
             upstreams.clone(),
             cache,
             outbox.clone(),
+            metrics.clone(),
         ));
         let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), proxy.clone()).run(shutdown.triggered()));
         let proxy_server = Server::spawn(
@@ -157,6 +181,8 @@ impl Outpost {
             Arc::new(config.clone()),
             outbox.clone(),
             store.clone(),
+            evictor.clone(),
+            metrics,
             token,
         ));
         let admin_server = Server::spawn(
@@ -180,6 +206,7 @@ impl Outpost {
             upstreams,
             outbox,
             replay,
+            evict_task,
         })
     }
 
@@ -209,6 +236,7 @@ impl Outpost {
         self.proxy_server.finished().await;
         self.admin_server.finished().await;
         let _ = self.replay.await;
+        let _ = self.evict_task.await;
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }

@@ -86,16 +86,24 @@ pub struct Proxy {
     upstreams: Arc<Upstreams>,
     cache: Arc<Cache>,
     outbox: Arc<Outbox>,
+    metrics: Arc<crate::admin::metrics::Metrics>,
 }
 
 impl Proxy {
     /// Builds the request handler.
-    pub fn new(routes: RouteTable, upstreams: Arc<Upstreams>, cache: Arc<Cache>, outbox: Arc<Outbox>) -> Proxy {
+    pub fn new(
+        routes: RouteTable,
+        upstreams: Arc<Upstreams>,
+        cache: Arc<Cache>,
+        outbox: Arc<Outbox>,
+        metrics: Arc<crate::admin::metrics::Metrics>,
+    ) -> Proxy {
         Proxy {
             routes,
             upstreams,
             cache,
             outbox,
+            metrics,
         }
     }
 
@@ -177,6 +185,13 @@ impl Proxy {
             resp.status(),
             outcome,
             started,
+        );
+        self.metrics.request(
+            route.name,
+            &route.policy.kind,
+            outcome.as_str(),
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
         );
         resp
     }

@@ -5,6 +5,7 @@
 //! `X-Outpost-Token`; no cookies, so no CSRF); a missing or wrong token is a JSON 401.
 
 pub mod client;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::body::{self, ProxyBody};
-use crate::config::Config;
+use crate::config::{parse_size, Config};
+use crate::evict::{EvictReason, Evictor};
 use crate::proxy::json_error;
 use crate::store::Store;
 use crate::sync::{Outbox, QueueError};
@@ -64,6 +66,8 @@ pub struct Admin {
     config: Arc<Config>,
     outbox: Arc<Outbox>,
     store: Arc<Store>,
+    evictor: Arc<Evictor>,
+    metrics: Arc<metrics::Metrics>,
     token: String,
 }
 
@@ -74,6 +78,8 @@ impl Admin {
         config: Arc<Config>,
         outbox: Arc<Outbox>,
         store: Arc<Store>,
+        evictor: Arc<Evictor>,
+        metrics: Arc<metrics::Metrics>,
         token: String,
     ) -> Admin {
         Admin {
@@ -81,6 +87,8 @@ impl Admin {
             config,
             outbox,
             store,
+            evictor,
+            metrics,
             token,
         }
     }
@@ -100,7 +108,11 @@ impl Admin {
     }
 
     /// Answers one admin request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -114,6 +126,34 @@ impl Admin {
         match (&method, segs.as_slice()) {
             (&Method::GET, ["healthz"]) => json_ok(json!({"ok": true})),
             (&Method::GET, ["api", "status"]) => json_ok(self.status()),
+            (&Method::GET, ["api", "stats"]) => json_ok(self.stats()),
+            (&Method::GET, ["metrics"]) => {
+                let ups: Vec<(String, bool)> = self
+                    .upstreams
+                    .iter()
+                    .map(|u| (u.name().to_string(), u.connectivity().is_online()))
+                    .collect();
+                let text = self.metrics.render(
+                    self.evictor.used(),
+                    self.outbox.depth(),
+                    &ups,
+                    &self.evictor.counts().by_reason,
+                );
+                let mut r = Response::new(body::full(text));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                r
+            }
+            (&Method::POST, ["api", "cache", "clear"]) => match read_json(req).await {
+                Ok(v) => self.clear(&v),
+                Err(resp) => resp,
+            },
+            (&Method::PUT, ["api", "settings"]) => match read_json(req).await {
+                Ok(v) => self.put_settings(&v),
+                Err(resp) => resp,
+            },
             (&Method::GET, ["api", "queue"]) => match self.outbox.list() {
                 Ok(items) => {
                     let items: Vec<Value> = items.iter().map(item_json).collect();
@@ -138,11 +178,124 @@ impl Admin {
             (&Method::DELETE, ["api", "queue", id]) => {
                 queue_result(self.outbox.drop_item(id).map(|_| json!({"dropped": id})))
             }
-            (_, ["healthz"]) | (_, ["api", "status"]) | (_, ["api", "queue", ..]) => {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
-            }
+            (_, ["healthz"])
+            | (_, ["api", "status"])
+            | (_, ["api", "queue", ..])
+            | (_, ["api", "stats"])
+            | (_, ["metrics"])
+            | (_, ["api", "cache", ..])
+            | (_, ["api", "settings"]) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None),
             _ => json_error(StatusCode::NOT_FOUND, "no such admin endpoint", None),
         }
+    }
+
+    fn stats(&self) -> Value {
+        let kinds = self.store.kind_usage().unwrap_or_default();
+        let outcomes = self.metrics.outcomes_by_kind();
+        let mut per_kind = serde_json::Map::new();
+        let names: std::collections::BTreeSet<String> = kinds.keys().cloned().chain(outcomes.keys().cloned()).collect();
+        for k in names {
+            let (count, bytes) = kinds.get(&k).copied().unwrap_or((0, 0));
+            let o = outcomes.get(&k).cloned().unwrap_or_default();
+            let get = |n: &str| o.get(n).copied().unwrap_or(0);
+            let served_from_cache = get("HIT") + get("STALE") + get("REVALIDATED") + get("OFFLINE");
+            let lookups = served_from_cache + get("MISS");
+            per_kind.insert(
+                k,
+                json!({
+                    "entries": count, "bytes": bytes,
+                    "hit": get("HIT"), "miss": get("MISS"), "stale": get("STALE"),
+                    "revalidated": get("REVALIDATED"), "offline": get("OFFLINE"), "bypass": get("BYPASS"),
+                    "hit_rate": if lookups == 0 { 0.0 } else { served_from_cache as f64 / lookups as f64 },
+                }),
+            );
+        }
+        let evictions: serde_json::Map<String, Value> = self
+            .evictor
+            .counts()
+            .by_reason
+            .iter()
+            .map(|(r, (n, b))| (r.to_string(), json!({"count": n, "bytes": b})))
+            .collect();
+        json!({
+            "size_bytes": self.evictor.used(),
+            "max_size": self.evictor.max_size(),
+            "auto_evict": self.evictor.auto_evict(),
+            "storing": self.evictor.accepting(),
+            "dedup_saved_bytes": self.store.dedup_saved().unwrap_or(0),
+            "kinds": per_kind,
+            "evictions": evictions,
+            "queue_depth": self.outbox.depth(),
+        })
+    }
+
+    fn clear(&self, v: &Value) -> Response<ProxyBody> {
+        let kind = v.get("kind").and_then(Value::as_str);
+        let partition = v.get("partition").and_then(Value::as_str);
+        let all = v.get("all").and_then(Value::as_bool).unwrap_or(false);
+        if kind.is_none() && partition.is_none() && !all {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "say what to clear: {\"all\": true}, {\"kind\": \"audio\"} or {\"partition\": \"sub:alice\"}",
+                None,
+            );
+        }
+        let keys = match self.store.entry_keys_where(kind, partition) {
+            Ok(k) => k,
+            Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+        };
+        let mut freed = 0;
+        for k in &keys {
+            match self.evictor.remove_entry(k, EvictReason::Cleared) {
+                Ok(b) => freed += b,
+                Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+            }
+        }
+        json_ok(json!({"cleared_entries": keys.len(), "freed_bytes": freed}))
+    }
+
+    fn put_settings(&self, v: &Value) -> Response<ProxyBody> {
+        if v.get("reset").and_then(Value::as_bool) == Some(true) {
+            let _ = self.store.set_setting("max_size", None);
+            let _ = self.store.set_setting("auto_evict", None);
+            self.evictor
+                .configure(self.config.max_size, self.config.cache.auto_evict);
+            return json_ok(json!({"max_size": self.evictor.max_size(), "auto_evict": self.evictor.auto_evict()}));
+        }
+        let mut max = self.evictor.max_size();
+        let mut auto = self.evictor.auto_evict();
+        if let Some(m) = v.get("max_size") {
+            let parsed = match m {
+                Value::Number(n) => n
+                    .as_u64()
+                    .ok_or_else(|| "max_size must be a positive integer".to_string()),
+                Value::String(s) => parse_size(s),
+                _ => Err("max_size must be a number of bytes or a size like \"500MB\"".to_string()),
+            };
+            match parsed {
+                Ok(n) if n > 0 => max = n,
+                Ok(_) => return json_error(StatusCode::BAD_REQUEST, "max_size must be greater than 0", None),
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, &e, None),
+            }
+        }
+        if let Some(a) = v.get("auto_evict") {
+            match a.as_bool() {
+                Some(b) => auto = b,
+                None => return json_error(StatusCode::BAD_REQUEST, "auto_evict must be true or false", None),
+            }
+        }
+        let saved = self
+            .store
+            .set_setting("max_size", Some(&max.to_string()))
+            .and_then(|_| {
+                self.store
+                    .set_setting("auto_evict", Some(if auto { "true" } else { "false" }))
+            });
+        if let Err(e) = saved {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None);
+        }
+        self.evictor.configure(max, auto);
+        json_ok(json!({"max_size": max, "auto_evict": auto}))
     }
 
     fn status(&self) -> Value {
@@ -179,6 +332,30 @@ fn item_json(i: &crate::store::OutboxRecord) -> Value {
         "priority": i.priority,
         "body_bytes": i.body.len(),
     })
+}
+
+/// Reads a small JSON request body (64 KiB at most); errors are ready-made 400 answers.
+async fn read_json<B>(req: Request<B>) -> Result<Value, Response<ProxyBody>>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let bytes = match limited.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+                None,
+            ))
+        }
+    };
+    if bytes.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"), None))
 }
 
 fn queue_result(r: Result<Value, QueueError>) -> Response<ProxyBody> {

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError, ProxyBody};
+use crate::evict::Evictor;
 use crate::store::{Entry, Lookup, Store, StoreError};
 use policy::{CacheRole, ExchangeTimes, Freshness};
 
@@ -155,6 +156,7 @@ pub struct FillInfo {
 /// The cache engine.
 pub struct Cache {
     store: Arc<Store>,
+    evictor: Arc<Evictor>,
     role: CacheRole,
     verify_on_read: bool,
     verified: Mutex<HashSet<String>>,
@@ -163,9 +165,10 @@ pub struct Cache {
 
 impl Cache {
     /// A cache over `store`.
-    pub fn new(store: Arc<Store>, role: CacheRole, verify_on_read: bool) -> Cache {
+    pub fn new(store: Arc<Store>, evictor: Arc<Evictor>, role: CacheRole, verify_on_read: bool) -> Cache {
         Cache {
             store,
+            evictor,
             role,
             verify_on_read,
             verified: Mutex::new(HashSet::new()),
@@ -176,6 +179,11 @@ impl Cache {
     /// Private or shared rules.
     pub fn role(&self) -> CacheRole {
         self.role
+    }
+
+    /// The size budget keeper.
+    pub fn evictor(&self) -> &Arc<Evictor> {
+        &self.evictor
     }
 
     /// The store.
@@ -272,6 +280,7 @@ impl Cache {
         now: SystemTime,
     ) -> Result<Response<ProxyBody>, CacheError> {
         self.ensure_verified(hit).await?;
+        self.evictor.touch(&hit.key);
         let headers = hit.entry.header_map();
         let age = hit.age(&headers, now);
         let size = hit.entry.size;
@@ -348,11 +357,16 @@ impl Cache {
         let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(16);
         let cache = self.clone();
         tokio::spawn(async move {
-            let mut writer = match cache.store.blobs().begin() {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a blob; response not stored");
-                    None
+            let mut writer = if !cache.evictor.accepting() {
+                tracing::debug!(url = %info.url, "cache full (over budget with only pins, or auto_evict off); not stored");
+                None
+            } else {
+                match cache.store.blobs().begin() {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a blob; response not stored");
+                        None
+                    }
                 }
             };
             let mut client = Some(tx);
@@ -402,7 +416,10 @@ impl Cache {
                     let committed =
                         tokio::task::spawn_blocking(move || commit(&store, info, status, &resp_headers, w)).await;
                     match committed {
-                        Ok(Ok(())) => FillState::Done,
+                        Ok(Ok((key, new_bytes))) => {
+                            cache.evictor.committed(&key, new_bytes);
+                            FillState::Done
+                        }
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "storing a response failed");
                             FillState::Failed
@@ -438,7 +455,7 @@ fn commit(
     status: StatusCode,
     resp_headers: &HeaderMap,
     w: crate::store::BlobWriter,
-) -> Result<(), CacheError> {
+) -> Result<(Vec<u8>, u64), CacheError> {
     let blob = store.blobs().finish(w).map_err(|e| CacheError::Blob {
         hash: "-".into(),
         reason: e.to_string(),
@@ -464,8 +481,8 @@ fn commit(
         invalidated: false,
     };
     entry.set_headers(&storable_headers(resp_headers));
-    store.commit_entry(&info.primary, &key, &fields, &entry, &blob)?;
-    Ok(())
+    let new_blob = store.commit_entry(&info.primary, &key, &fields, &entry, &blob)?;
+    Ok((key, if new_blob { blob.size } else { 0 }))
 }
 
 /// Headers kept with a stored response: connection-specific and per-hop fields are not (RFC 9111 §3.1).

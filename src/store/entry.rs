@@ -142,15 +142,17 @@ impl Store {
         vary_fields: &[String],
         entry: &Entry,
         blob: &BlobId,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = rocksdb::WriteBatch::default();
         let entries = self.cf("entries");
         let blobs = self.cf("blobs");
         let old = self.entry(key)?;
         let same_blob = old.as_ref().is_some_and(|o| o.blob == blob.hash);
+        let existing = self.blob_record(&blob.hash)?;
+        let new_blob = existing.is_none();
         if !same_blob {
-            let mut rec = self.blob_record(&blob.hash)?.unwrap_or(BlobRecord {
+            let mut rec = existing.unwrap_or(BlobRecord {
                 size: blob.size,
                 refcount: 0,
             });
@@ -170,7 +172,7 @@ impl Store {
         }
         batch.put_cf(entries, key, Self::encode(&Record::Entry(entry.clone())));
         self.db.write(batch)?;
-        Ok(())
+        Ok(new_blob)
     }
 
     /// Rewrites an entry's head (after a 304), keeping its blob.
@@ -281,6 +283,117 @@ impl Store {
     /// A blob's record (size and refcount).
     pub fn blob_info(&self, hash: &str) -> Result<Option<BlobRecord>, StoreError> {
         self.blob_record(hash)
+    }
+}
+
+/// What the evictor and the stats need from the store.
+impl Store {
+    /// Every entry key with its last access (from `access`, else when it was stored).
+    pub fn entry_access_times(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let access = self.cf("access");
+        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let Ok(Record::Entry(e)) = serde_json::from_slice::<Record>(&v) else {
+                continue;
+            };
+            let t = self
+                .db
+                .get_pinned_cf(access, &k)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(e.response_time_ms);
+            out.push((k.to_vec(), t));
+        }
+        Ok(out)
+    }
+
+    /// Persists access times in one unsynced batch (losing the last few on a crash only blurs the order).
+    pub fn put_access_times(&self, batch: &[(Vec<u8>, u64)]) -> Result<(), StoreError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        let access = self.cf("access");
+        for (k, t) in batch {
+            wb.put_cf(access, k, t.to_be_bytes());
+        }
+        self.db.write(wb)?;
+        Ok(())
+    }
+
+    /// Blobs with refcount 0: (hash, size).
+    pub fn unreferenced_blobs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
+                if r.refcount == 0 {
+                    out.push((String::from_utf8_lossy(&k).into_owned(), r.size));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a blob's record, then its file (a crash in between leaves an orphan file, removed at start).
+    pub fn delete_blob(&self, hash: &str) -> Result<(), StoreError> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.blob_record(hash)?.is_some_and(|r| r.refcount > 0) {
+            return Ok(());
+        }
+        self.db.delete_cf(self.cf("blobs"), hash.as_bytes())?;
+        self.blobs.remove(hash)?;
+        Ok(())
+    }
+
+    /// Entry keys whose kind and/or partition match (for clearing).
+    pub fn entry_keys_where(&self, kind: Option<&str>, partition: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let Ok(Record::Entry(e)) = serde_json::from_slice::<Record>(&v) else {
+                continue;
+            };
+            if kind.is_some_and(|want| e.kind != want) {
+                continue;
+            }
+            if partition.is_some_and(|p| crate::cache::key::key_partition(&k) != p.as_bytes()) {
+                continue;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Per kind: (entries, bytes referenced).
+    pub fn kind_usage(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+            let (_, v) = item?;
+            let Ok(Record::Entry(e)) = serde_json::from_slice::<Record>(&v) else {
+                continue;
+            };
+            let s: &mut (u64, u64) = out.entry(e.kind.clone()).or_default();
+            s.0 += 1;
+            s.1 += e.size;
+        }
+        Ok(out)
+    }
+
+    /// Reads a persisted setting.
+    pub fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf("meta"), format!("setting:{name}"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Persists (or with `None` removes) a setting.
+    pub fn set_setting(&self, name: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let key = format!("setting:{name}");
+        match value {
+            Some(v) => self.db.put_cf(self.cf("meta"), key, v)?,
+            None => self.db.delete_cf(self.cf("meta"), key)?,
+        }
+        Ok(())
     }
 }
 

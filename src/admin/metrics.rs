@@ -1,0 +1,179 @@
+//! Counters and gauges: Prometheus text at `/metrics` (prometheus-client, names `outpost_*`) and the
+//! per-kind hit/miss numbers behind `/api/stats`.
+//!
+//! Recording is a few atomic adds and one short mutex per request; nothing touches the store.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    outcome: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// Everything Outpost counts.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram>,
+    cache_bytes: Gauge,
+    queue_depth: Gauge,
+    upstream_online: Family<UpstreamLabel, Gauge>,
+    evictions: Family<ReasonLabel, Gauge>,
+    evicted_bytes: Family<ReasonLabel, Gauge>,
+    by_kind: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "outpost_requests",
+            "Requests by route, cache outcome and status class",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "outpost_request_duration_seconds",
+            "Time to the response head, by route",
+            latency.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register("outpost_cache_bytes", "Bytes of blobs on disk", cache_bytes.clone());
+        let queue_depth = Gauge::default();
+        registry.register(
+            "outpost_queue_depth",
+            "Queued writes waiting for replay",
+            queue_depth.clone(),
+        );
+        let upstream_online = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "outpost_upstream_online",
+            "1 when the upstream is reachable",
+            upstream_online.clone(),
+        );
+        let evictions = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "outpost_evictions",
+            "Evictions since start, by reason",
+            evictions.clone(),
+        );
+        let evicted_bytes = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "outpost_evicted_bytes",
+            "Bytes freed by eviction since start, by reason",
+            evicted_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            cache_bytes,
+            queue_depth,
+            upstream_online,
+            evictions,
+            evicted_bytes,
+            by_kind: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records one answered request.
+    pub fn request(&self, route: &str, kind: &str, outcome: &'static str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                outcome: outcome.to_string(),
+                status: class.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+        if let Ok(mut m) = self.by_kind.lock() {
+            *m.entry((kind.to_string(), outcome)).or_default() += 1;
+        }
+    }
+
+    /// Per kind: outcome → count.
+    pub fn outcomes_by_kind(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        if let Ok(m) = self.by_kind.lock() {
+            for ((kind, outcome), n) in m.iter() {
+                out.entry(kind.clone()).or_default().insert(outcome, *n);
+            }
+        }
+        out
+    }
+
+    /// Sets the gauges read at scrape time and renders the text format.
+    pub fn render(
+        &self,
+        cache_bytes: u64,
+        queue_depth: usize,
+        upstreams: &[(String, bool)],
+        evictions: &BTreeMap<&'static str, (u64, u64)>,
+    ) -> String {
+        self.cache_bytes.set(cache_bytes as i64);
+        self.queue_depth.set(queue_depth as i64);
+        for (name, online) in upstreams {
+            self.upstream_online
+                .get_or_create(&UpstreamLabel { upstream: name.clone() })
+                .set(i64::from(*online));
+        }
+        for (reason, (n, bytes)) in evictions {
+            let l = ReasonLabel {
+                reason: reason.to_string(),
+            };
+            self.evictions.get_or_create(&l).set(*n as i64);
+            self.evicted_bytes.get_or_create(&l).set(*bytes as i64);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,306 @@
+//! The size budget: keeps blobs plus entries under `max_size` by evicting least recently used content,
+//! in the background and in bounded batches, never on the request path.
+//!
+//! Order: blobs no entry references (refcount 0) first, then least recently used entries (which release
+//! their blobs). Pinned blobs are never evicted; if only pinned content is left over the budget, new
+//! fills are not stored (`accepting() == false`) rather than evicting pins. Recording an access is an
+//! in-memory `lru` update; the order is persisted to the `access` column family in batches.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lru::LruCache;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::store::{Store, StoreError};
+
+/// Entries evicted per batch before yielding.
+const BATCH: usize = 256;
+
+/// Why something was evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictReason {
+    /// Over the size budget.
+    Size,
+    /// A blob no entry referenced.
+    Unreferenced,
+    /// Cleared by the admin or a logout.
+    Cleared,
+}
+
+impl EvictReason {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictReason::Size => "size",
+            EvictReason::Unreferenced => "unreferenced",
+            EvictReason::Cleared => "cleared",
+        }
+    }
+}
+
+/// Counts for stats.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct EvictionCounts {
+    /// Per reason: (items, bytes).
+    pub by_reason: std::collections::BTreeMap<&'static str, (u64, u64)>,
+}
+
+/// The budget keeper.
+pub struct Evictor {
+    store: Arc<Store>,
+    max_size: AtomicU64,
+    auto_evict: AtomicBool,
+    used: AtomicU64,
+    accepting: AtomicBool,
+    order: Mutex<LruCache<Vec<u8>, u64>>,
+    dirty: Mutex<Vec<(Vec<u8>, u64)>>,
+    pinned: Mutex<HashSet<String>>,
+    counts: Mutex<EvictionCounts>,
+    wake: Notify,
+}
+
+fn now_ms() -> u64 {
+    crate::sync::now_ms()
+}
+
+impl Evictor {
+    /// Loads the access order and current usage (one pass over the store).
+    pub fn open(store: Arc<Store>, max_size: u64, auto_evict: bool) -> Result<Evictor, StoreError> {
+        let mut keys = store.entry_access_times()?;
+        keys.sort_by_key(|(_, t)| *t);
+        let mut order = LruCache::unbounded();
+        for (k, t) in keys {
+            order.put(k, t);
+        }
+        let (_, used) = store.usage()?;
+        Ok(Evictor {
+            store,
+            max_size: AtomicU64::new(max_size),
+            auto_evict: AtomicBool::new(auto_evict),
+            used: AtomicU64::new(used),
+            accepting: AtomicBool::new(true),
+            order: Mutex::new(order),
+            dirty: Mutex::new(Vec::new()),
+            pinned: Mutex::new(HashSet::new()),
+            counts: Mutex::new(EvictionCounts::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Bytes of blobs on disk.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget.
+    pub fn max_size(&self) -> u64 {
+        self.max_size.load(Ordering::Relaxed)
+    }
+
+    /// Whether eviction runs by itself.
+    pub fn auto_evict(&self) -> bool {
+        self.auto_evict.load(Ordering::Relaxed)
+    }
+
+    /// Changes the budget and mode (admin settings) and evicts if needed.
+    pub fn configure(&self, max_size: u64, auto_evict: bool) {
+        self.max_size.store(max_size, Ordering::Relaxed);
+        self.auto_evict.store(auto_evict, Ordering::Relaxed);
+        self.update_accepting();
+        self.wake.notify_one();
+    }
+
+    /// False when new fills must not be stored (over budget with auto-evict off, or only pins left).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    fn update_accepting(&self) {
+        let over = self.used() > self.max_size();
+        if !over {
+            self.accepting.store(true, Ordering::Relaxed);
+        } else if !self.auto_evict() {
+            self.accepting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A stored response was used (cheap: memory only).
+    pub fn touch(&self, key: &[u8]) {
+        let now = now_ms();
+        if let Ok(mut o) = self.order.lock() {
+            if let Some(t) = o.get_mut(key) {
+                *t = now;
+            } else {
+                o.put(key.to_vec(), now);
+            }
+        }
+        if let Ok(mut d) = self.dirty.lock() {
+            d.push((key.to_vec(), now));
+        }
+    }
+
+    /// A response was committed; `new_bytes` is the size of a blob that did not exist before.
+    pub fn committed(&self, key: &[u8], new_bytes: u64) {
+        self.touch(key);
+        let used = self.used.fetch_add(new_bytes, Ordering::Relaxed) + new_bytes;
+        if used > self.max_size() {
+            self.update_accepting();
+            self.wake.notify_one();
+        }
+    }
+
+    /// Replaces the set of pinned blob hashes.
+    pub fn set_pins(&self, pins: HashSet<String>) {
+        if let Ok(mut p) = self.pinned.lock() {
+            *p = pins;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Whether a blob is pinned.
+    pub fn is_pinned(&self, hash: &str) -> bool {
+        self.pinned.lock().map(|p| p.contains(hash)).unwrap_or(false)
+    }
+
+    /// Evictions so far.
+    pub fn counts(&self) -> EvictionCounts {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn count(&self, reason: EvictReason, bytes: u64) {
+        tracing::debug!(reason = reason.as_str(), bytes, "evicted");
+        if let Ok(mut c) = self.counts.lock() {
+            let e = c.by_reason.entry(reason.as_str()).or_default();
+            e.0 += 1;
+            e.1 += bytes;
+        }
+    }
+
+    /// Deletes an entry (and its blob when no longer referenced), for eviction and clearing.
+    pub fn remove_entry(&self, key: &[u8], reason: EvictReason) -> Result<u64, StoreError> {
+        let Some(entry) = self.store.entry(key)? else {
+            if let Ok(mut o) = self.order.lock() {
+                o.pop(key);
+            }
+            return Ok(0);
+        };
+        self.store.remove_entry(key)?;
+        if let Ok(mut o) = self.order.lock() {
+            o.pop(key);
+        }
+        let mut freed = 0;
+        if let Some(rec) = self.store.blob_info(&entry.blob)? {
+            if rec.refcount == 0 && !self.is_pinned(&entry.blob) {
+                self.store.delete_blob(&entry.blob)?;
+                self.used.fetch_sub(rec.size.min(self.used()), Ordering::Relaxed);
+                freed = rec.size;
+            }
+        }
+        self.count(reason, freed);
+        Ok(freed)
+    }
+
+    /// One eviction pass (blocking: RocksDB and file deletes). Returns bytes freed.
+    pub fn evict_once(&self) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        if self.used() > self.max_size() {
+            for (hash, size) in self.store.unreferenced_blobs()? {
+                if self.used() <= self.max_size() {
+                    break;
+                }
+                if self.is_pinned(&hash) {
+                    continue;
+                }
+                self.store.delete_blob(&hash)?;
+                self.used.fetch_sub(size.min(self.used()), Ordering::Relaxed);
+                self.count(EvictReason::Unreferenced, size);
+                freed += size;
+            }
+        }
+        let mut skipped_pinned = Vec::new();
+        let mut n = 0;
+        while self.used() > self.max_size() && n < BATCH {
+            let next = self.order.lock().ok().and_then(|mut o| o.pop_lru());
+            let Some((key, t)) = next else { break };
+            n += 1;
+            match self.store.entry(&key)? {
+                Some(e) if self.is_pinned(&e.blob) => skipped_pinned.push((key, t)),
+                Some(_) => freed += self.remove_entry(&key, EvictReason::Size)?,
+                None => {}
+            }
+        }
+        let only_pins_left = self.used() > self.max_size() && self.order.lock().map(|o| o.is_empty()).unwrap_or(true);
+        if let Ok(mut o) = self.order.lock() {
+            for (k, t) in skipped_pinned {
+                o.put(k, t);
+            }
+        }
+        if only_pins_left {
+            tracing::warn!(
+                used = self.used(),
+                max = self.max_size(),
+                "only pinned content is left over the budget; new fills are not stored"
+            );
+            self.accepting.store(false, Ordering::Relaxed);
+        } else {
+            self.update_accepting();
+        }
+        Ok(freed)
+    }
+
+    fn persist_access(&self) {
+        let batch: Vec<(Vec<u8>, u64)> = self
+            .dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.put_access_times(&batch) {
+            tracing::warn!(error = %e, "persisting the access order failed");
+        }
+    }
+
+    /// Background loop: evicts while over budget (with auto-evict on), persists the access order.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || me.persist_access()).await;
+                    return;
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                me.persist_access();
+                while me.auto_evict() && me.used() > me.max_size() {
+                    match me.evict_once() {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "eviction failed");
+                            break;
+                        }
+                    }
+                }
+                me.update_accepting();
+            })
+            .await;
+        }
+    }
+
+    /// Wakes the loop.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
