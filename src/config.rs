@@ -122,6 +122,9 @@ struct RawRoute {
     invalidates: Option<Vec<Spanned<String>>>,
     rewrite: Option<Vec<Spanned<String>>>,
     rewrite_max: Option<Spanned<String>>,
+    pins: Option<Spanned<String>>,
+    prefetch: Option<bool>,
+    logout: Option<bool>,
     queued_status: Option<Spanned<u16>>,
     queued_body: Option<String>,
 }
@@ -280,6 +283,13 @@ pub struct RoutePolicy {
     pub rewrite: Vec<MediaRewrite>,
     /// JSON bodies larger than this are passed through unrewritten.
     pub rewrite_max: u64,
+    /// JSON path (`items[*].url`) of media URLs in this route's answers that are pinned (never evicted
+    /// while the latest answer lists them).
+    pub pins: Option<String>,
+    /// Download pinned media in the background.
+    pub prefetch: bool,
+    /// A successful request on this route logs the user out: their partition is cleared.
+    pub logout: bool,
     /// Instead of 202, answer queued writes with this status and `queued_body`.
     pub queued_status: Option<u16>,
     /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
@@ -354,6 +364,9 @@ impl Default for RoutePolicy {
             queued_body: None,
             rewrite: Vec::new(),
             rewrite_max: 4 << 20,
+            pins: None,
+            prefetch: false,
+            logout: false,
         }
     }
 }
@@ -844,6 +857,16 @@ impl RawConfig {
                 },
                 queued_body: raw.queued_body.clone(),
                 rewrite: Vec::new(),
+                pins: match &raw.pins {
+                    None => None,
+                    Some(p) => {
+                        crate::rewrite::JsonPath::parse(p.get_ref())
+                            .map_err(|r| cx.err(Some(p.span()), &key("pins"), r))?;
+                        Some(p.get_ref().clone())
+                    }
+                },
+                prefetch: raw.prefetch.unwrap_or(false),
+                logout: raw.logout.unwrap_or(false),
                 rewrite_max: match &raw.rewrite_max {
                     None => defaults.rewrite_max,
                     Some(v) => parse_size(v.get_ref()).map_err(|r| cx.err(Some(v.span()), &key("rewrite_max"), r))?,

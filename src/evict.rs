@@ -2,7 +2,7 @@
 //! in the background and in bounded batches, never on the request path.
 //!
 //! Order: blobs no entry references (refcount 0) first, then least recently used entries (which release
-//! their blobs). Pinned blobs are never evicted; if only pinned content is left over the budget, new
+//! their blobs). Pinned entries are never evicted; if only pinned content is left over the budget, new
 //! fills are not stored (`accepting() == false`) rather than evicting pins. Recording an access is an
 //! in-memory `lru` update; the order is persisted to the `access` column family in batches.
 
@@ -59,7 +59,7 @@ pub struct Evictor {
     accepting: AtomicBool,
     order: Mutex<LruCache<Vec<u8>, u64>>,
     dirty: Mutex<Vec<(Vec<u8>, u64)>>,
-    pinned: Mutex<HashSet<String>>,
+    pinned: Mutex<HashSet<Vec<u8>>>,
     counts: Mutex<EvictionCounts>,
     wake: Notify,
 }
@@ -154,17 +154,17 @@ impl Evictor {
         }
     }
 
-    /// Replaces the set of pinned blob hashes.
-    pub fn set_pins(&self, pins: HashSet<String>) {
+    /// Replaces the set of pinned entry keys.
+    pub fn set_pins(&self, pins: HashSet<Vec<u8>>) {
         if let Ok(mut p) = self.pinned.lock() {
             *p = pins;
         }
         self.wake.notify_one();
     }
 
-    /// Whether a blob is pinned.
-    pub fn is_pinned(&self, hash: &str) -> bool {
-        self.pinned.lock().map(|p| p.contains(hash)).unwrap_or(false)
+    /// Whether an entry is pinned.
+    pub fn is_pinned(&self, key: &[u8]) -> bool {
+        self.pinned.lock().map(|p| p.contains(key)).unwrap_or(false)
     }
 
     /// Evictions so far.
@@ -195,7 +195,7 @@ impl Evictor {
         }
         let mut freed = 0;
         if let Some(rec) = self.store.blob_info(&entry.blob)? {
-            if rec.refcount == 0 && !self.is_pinned(&entry.blob) {
+            if rec.refcount == 0 {
                 self.store.delete_blob(&entry.blob)?;
                 self.used.fetch_sub(rec.size.min(self.used()), Ordering::Relaxed);
                 freed = rec.size;
@@ -213,9 +213,6 @@ impl Evictor {
                 if self.used() <= self.max_size() {
                     break;
                 }
-                if self.is_pinned(&hash) {
-                    continue;
-                }
                 self.store.delete_blob(&hash)?;
                 self.used.fetch_sub(size.min(self.used()), Ordering::Relaxed);
                 self.count(EvictReason::Unreferenced, size);
@@ -229,7 +226,7 @@ impl Evictor {
             let Some((key, t)) = next else { break };
             n += 1;
             match self.store.entry(&key)? {
-                Some(e) if self.is_pinned(&e.blob) => skipped_pinned.push((key, t)),
+                Some(_) if self.is_pinned(&key) => skipped_pinned.push((key, t)),
                 Some(_) => freed += self.remove_entry(&key, EvictReason::Size)?,
                 None => {}
             }

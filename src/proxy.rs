@@ -29,6 +29,12 @@ use crate::upstream::{Upstream, UpstreamError, Upstreams};
 /// `Via` pseudonym (RFC 9110 §7.6.3).
 const VIA_NAME: &str = "outpost";
 
+/// Pinned media keys per (pinning route, user partition).
+type PinSets = std::collections::HashMap<(String, String), std::collections::HashSet<Vec<u8>>>;
+
+/// Background media downloads at once.
+const PREFETCH_CONCURRENCY: usize = 2;
+
 /// Seconds a client is told to wait before retrying an offline miss.
 const OFFLINE_RETRY_AFTER: &str = "5";
 
@@ -87,6 +93,9 @@ pub struct Proxy {
     cache: Arc<Cache>,
     outbox: Arc<Outbox>,
     metrics: Arc<crate::admin::metrics::Metrics>,
+    /// Pinned media keys per (pinning route, user partition).
+    pins: std::sync::Mutex<PinSets>,
+    prefetch_slots: tokio::sync::Semaphore,
 }
 
 impl Proxy {
@@ -104,6 +113,8 @@ impl Proxy {
             cache,
             outbox,
             metrics,
+            pins: std::sync::Mutex::new(std::collections::HashMap::new()),
+            prefetch_slots: tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY),
         }
     }
 
@@ -126,6 +137,11 @@ impl Proxy {
         let cacheable =
             (method == Method::GET || method == Method::HEAD) && route.policy.strategy != Strategy::NetworkOnly;
         let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+        let request_partition = if route.policy.pins.is_some() || route.policy.logout {
+            key::partition(req.headers())
+        } else {
+            String::new()
+        };
         let rewrite_base = (!route.policy.rewrite.is_empty())
             .then(|| {
                 req.headers()
@@ -164,11 +180,23 @@ impl Proxy {
                 self.outbox.credentials_accepted(auth);
             }
         }
-        if let Some(base) = rewrite_base {
-            if method == Method::GET && resp.status() == StatusCode::OK {
-                resp = crate::rewrite::rewrite_response(resp, &route.policy.rewrite, &base, route.policy.rewrite_max)
-                    .await;
-            }
+        let wants_json = rewrite_base.is_some() || route.policy.pins.is_some();
+        if wants_json && method == Method::GET && resp.status() == StatusCode::OK {
+            resp = match crate::rewrite::buffer_json(resp, route.policy.rewrite_max).await {
+                Err(untouched) => untouched,
+                Ok((parts, bytes)) => {
+                    if let Some(pins) = &route.policy.pins {
+                        self.update_pins(&route, pins, &request_partition, &bytes);
+                    }
+                    match &rewrite_base {
+                        Some(base) => crate::rewrite::rewritten(parts, bytes, &route.policy.rewrite, base),
+                        None => Response::from_parts(parts, body::full(bytes)),
+                    }
+                }
+            };
+        }
+        if route.policy.logout && resp.status().is_success() && request_partition != key::ANONYMOUS {
+            self.clear_partition(&request_partition);
         }
         if cacheable {
             let pending = self.outbox.pending_for(&path);
@@ -425,6 +453,94 @@ impl Proxy {
     /// The conflict policy of a queued item's route.
     pub(crate) fn conflict_policy(&self, item: &OutboxRecord) -> ConflictPolicy {
         self.route_of(item).policy.conflict
+    }
+
+    /// The latest answer of a pinning route lists the media to keep: that set replaces the route's pins
+    /// for this user (a removed item unpins), and with `prefetch` the missing ones are downloaded.
+    fn update_pins(self: &Arc<Self>, route: &RouteMatch<'_>, path: &str, partition: &str, json: &[u8]) {
+        let Ok(jp) = crate::rewrite::JsonPath::parse(path) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let targets: Vec<String> = jp
+            .strings(&v)
+            .into_iter()
+            .filter_map(|u| crate::rewrite::local_target(u, &route.policy.rewrite))
+            .collect();
+        let mut keys = std::collections::HashSet::new();
+        let mut wanted = Vec::new();
+        for t in targets {
+            let Ok(uri) = t.parse::<Uri>() else { continue };
+            let media_route = self.routes.route(&Method::GET, uri.path());
+            let up = self.upstreams.get(media_route.upstream);
+            // Players fetch media without credentials: media lives in the anonymous partition.
+            keys.insert(key::primary_key(
+                key::ANONYMOUS,
+                up.name(),
+                &uri,
+                &media_route.policy.ignore_query,
+            ));
+            wanted.push(uri);
+        }
+        let all = {
+            let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+            pins.insert((route.name.to_string(), partition.to_string()), keys);
+            pins.values().flatten().cloned().collect()
+        };
+        self.cache.evictor().set_pins(all);
+        if route.policy.prefetch {
+            for uri in wanted {
+                self.prefetch(uri);
+            }
+        }
+    }
+
+    /// Downloads one media object into the store in the background (bounded concurrency; waits while
+    /// its upstream is offline; skips what is already stored).
+    fn prefetch(self: &Arc<Self>, uri: Uri) {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = proxy.prefetch_slots.acquire().await else {
+                return;
+            };
+            let route = proxy.routes.route(&Method::GET, uri.path());
+            let upstream = proxy.upstreams.get(route.upstream).clone();
+            let primary = key::primary_key(key::ANONYMOUS, upstream.name(), &uri, &route.policy.ignore_query);
+            if matches!(proxy.cache.lookup(&primary, &HeaderMap::new()), Ok(Some(_))) {
+                return;
+            }
+            while !upstream.connectivity().is_online() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let head = RequestHead {
+                method: Method::GET,
+                uri: uri.clone(),
+                version: http::Version::HTTP_11,
+                headers: HeaderMap::new(),
+            };
+            let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+            let (resp, outcome) = proxy.cached(head, &route, &upstream, peer).await;
+            let mut body = resp.into_body();
+            while let Some(Ok(_)) = body.frame().await {}
+            tracing::debug!(%uri, outcome = outcome.as_str(), "prefetched");
+        });
+    }
+
+    /// Logout: everything stored for this user goes.
+    fn clear_partition(&self, partition: &str) {
+        match self.cache.store().entry_keys_where(None, Some(partition)) {
+            Ok(keys) => {
+                for k in &keys {
+                    if let Err(e) = self.cache.evictor().remove_entry(k, crate::evict::EvictReason::Cleared) {
+                        tracing::warn!(error = %e, "clearing at logout failed");
+                    }
+                }
+                tracing::info!(partition, entries = keys.len(), "logout: partition cleared");
+            }
+            Err(e) => tracing::warn!(error = %e, "clearing at logout failed"),
+        }
     }
 
     /// The outbox.

@@ -16,6 +16,72 @@ use serde_json::Value;
 use crate::body::ProxyBody;
 use crate::config::MediaRewrite;
 
+/// A path into JSON like `items[*].url` or `data.tracks[0].src`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath(Vec<Step>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Each,
+    Index(usize),
+}
+
+impl JsonPath {
+    /// Parses `a.b[*].c`; errors name the problem.
+    pub fn parse(src: &str) -> Result<JsonPath, String> {
+        let mut steps = Vec::new();
+        for part in src.split('.') {
+            let (name, mut rest) = match part.find('[') {
+                Some(i) => (&part[..i], &part[i..]),
+                None => (part, ""),
+            };
+            if name.is_empty() && steps.is_empty() && rest.is_empty() {
+                return Err(format!("JSON path {src:?} has an empty segment"));
+            }
+            if !name.is_empty() {
+                steps.push(Step::Key(name.to_string()));
+            }
+            while !rest.is_empty() {
+                let close = rest
+                    .find(']')
+                    .ok_or_else(|| format!("JSON path {src:?}: '[' without ']'"))?;
+                let inner = &rest[1..close];
+                steps.push(match inner {
+                    "*" => Step::Each,
+                    n => Step::Index(
+                        n.parse()
+                            .map_err(|_| format!("JSON path {src:?}: [{n}] is not * or a number"))?,
+                    ),
+                });
+                rest = &rest[close + 1..];
+            }
+        }
+        if steps.is_empty() {
+            return Err(format!("JSON path {src:?} is empty"));
+        }
+        Ok(JsonPath(steps))
+    }
+
+    /// Every string found at the path.
+    pub fn strings<'a>(&self, v: &'a Value) -> Vec<&'a str> {
+        let mut cur = vec![v];
+        for step in &self.0 {
+            let mut next = Vec::new();
+            for c in cur {
+                match (step, c) {
+                    (Step::Key(k), Value::Object(o)) => next.extend(o.get(k)),
+                    (Step::Each, Value::Array(a)) => next.extend(a.iter()),
+                    (Step::Index(i), Value::Array(a)) => next.extend(a.get(*i)),
+                    _ => {}
+                }
+            }
+            cur = next;
+        }
+        cur.into_iter().filter_map(Value::as_str).collect()
+    }
+}
+
 /// Rewrites every string in `v` that starts with a rule's origin; returns how many changed.
 pub fn rewrite_value(v: &mut Value, rules: &[MediaRewrite], local_base: &str) -> usize {
     match v {
@@ -55,15 +121,14 @@ fn is_json(resp: &Response<ProxyBody>) -> bool {
         })
 }
 
-/// Applies `rules` to a JSON answer, reading at most `max` bytes of it.
-pub async fn rewrite_response(
+/// Reads a JSON answer of at most `max` bytes into memory. `Err` gives the answer back untouched (not
+/// JSON, compressed, too large, or broken; a broken body keeps its error).
+pub async fn buffer_json(
     resp: Response<ProxyBody>,
-    rules: &[MediaRewrite],
-    local_base: &str,
     max: u64,
-) -> Response<ProxyBody> {
-    if rules.is_empty() || !is_json(&resp) || resp.headers().contains_key(header::CONTENT_ENCODING) {
-        return resp;
+) -> Result<(http::response::Parts, Bytes), Response<ProxyBody>> {
+    if !is_json(&resp) || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return Err(resp);
     }
     let declared: Option<u64> = resp
         .headers()
@@ -71,9 +136,9 @@ pub async fn rewrite_response(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     if declared.is_some_and(|n| n > max) {
-        return resp;
+        return Err(resp);
     }
-    let (mut parts, mut body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame {
@@ -83,18 +148,31 @@ pub async fn rewrite_response(
                     // Too big after all: pass what was read and the rest through untouched.
                     let head = stream::iter([Ok(Frame::data(buf.freeze())), Ok(Frame::data(d))]);
                     let rest = http_body_util::BodyStream::new(body);
-                    return Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head.chain(rest))));
+                    return Err(Response::from_parts(
+                        parts,
+                        BodyExt::boxed(StreamBody::new(head.chain(rest))),
+                    ));
                 }
                 buf.extend_from_slice(&d);
             }
             Err(e) => {
                 // Keep the failure visible to the client: the bytes so far, then the error.
                 let head = stream::iter([Ok(Frame::data(buf.freeze())), Err(e)]);
-                return Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head)));
+                return Err(Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head))));
             }
         }
     }
-    let original = buf.freeze();
+    Ok((parts, buf.freeze()))
+}
+
+/// Applies `rules` to buffered JSON and rebuilds the answer (Content-Length fixed, ETag weakened when the
+/// bytes changed).
+pub fn rewritten(
+    mut parts: http::response::Parts,
+    original: Bytes,
+    rules: &[MediaRewrite],
+    local_base: &str,
+) -> Response<ProxyBody> {
     let out: Bytes = match rewrite_json(&original, rules, local_base) {
         Some(v) => {
             if let Some(etag) = parts.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
@@ -114,10 +192,34 @@ pub async fn rewrite_response(
     Response::from_parts(parts, crate::body::full(out))
 }
 
+/// The local request target for a media URL: through the rules' prefixes for absolute URLs of a media
+/// upstream; local paths are taken as they are.
+pub fn local_target(url: &str, rules: &[MediaRewrite]) -> Option<String> {
+    if url.starts_with('/') {
+        return Some(url.to_string());
+    }
+    rules.iter().find_map(|r| {
+        let rest = url.strip_prefix(r.origin.as_str())?;
+        (rest.starts_with('/') || rest.starts_with('?')).then(|| format!("{}{rest}", r.local_prefix))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_paths_find_pinned_urls() {
+        let v =
+            json!({"items": [{"url": "u1"}, {"url": "u2"}, {"title": "no url"}], "data": {"tracks": [{"src": "s0"}]}});
+        assert_eq!(JsonPath::parse("items[*].url").unwrap().strings(&v), vec!["u1", "u2"]);
+        assert_eq!(JsonPath::parse("data.tracks[0].src").unwrap().strings(&v), vec!["s0"]);
+        assert!(JsonPath::parse("items[*].missing").unwrap().strings(&v).is_empty());
+        for bad in ["", "items[", "items[x]"] {
+            assert!(JsonPath::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     fn rules() -> Vec<MediaRewrite> {
         vec![MediaRewrite {

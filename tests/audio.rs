@@ -171,3 +171,97 @@ async fn media_urls_inside_json_are_rewritten_to_outpost_and_other_bodies_are_un
     );
     env.stop().await;
 }
+
+async fn wait_until_stored(env: &TestEnv, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = env
+            .client
+            .call(
+                Method::GET,
+                &env.url(path),
+                &[("cache-control", "only-if-cached")],
+                None,
+            )
+            .await
+            .unwrap();
+        if r.head.status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} was never prefetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_library_is_prefetched_and_plays_offline() {
+    let env = TestEnv::start().await;
+    let lib = env.get("/api/v1/library").await;
+    let urls: Vec<String> = lib.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(urls.len(), 2);
+    wait_until_stored(&env, "/media/s3/renders/a1.mp3").await;
+    wait_until_stored(&env, "/media/s3/renders/a5.mp3").await;
+    env.backend.set_fault(Fault::Down);
+    for u in urls {
+        let r = env.client.call(Method::GET, &u, &[], None).await.unwrap();
+        assert_eq!((r.head.status.as_u16(), r.body.len()), (200, SIZE), "{u} plays offline");
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn pinned_library_audio_survives_eviction_pressure_until_it_leaves_the_library() {
+    let env = TestEnv::start_with(|c| c.max_size = 2 * SIZE as u64 + SIZE as u64 / 2).await;
+    env.get("/api/v1/library").await;
+    wait_until_stored(&env, "/media/s3/renders/a1.mp3").await;
+    wait_until_stored(&env, "/media/s3/renders/a5.mp3").await;
+    for id in ["a2", "a3", "a4"] {
+        env.get(&format!("/media/s3/renders/{id}.mp3")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = |path: &'static str| {
+        let env = &env;
+        async move {
+            env.client
+                .call(
+                    Method::GET,
+                    &env.url(path),
+                    &[("cache-control", "only-if-cached")],
+                    None,
+                )
+                .await
+                .unwrap()
+                .head
+                .status
+                == 200
+        }
+    };
+    assert!(stored("/media/s3/renders/a1.mp3").await, "pinned");
+    assert!(stored("/media/s3/renders/a5.mp3").await, "pinned");
+    assert!(
+        !stored("/media/s3/renders/a2.mp3").await,
+        "unpinned LRU content went first"
+    );
+    // a1 leaves the library: the next library answer unpins it, and pressure can take it.
+    let del = env
+        .client
+        .call(Method::DELETE, &env.url("/api/v1/library/items/l1"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(del.head.status, 200);
+    env.get("/api/v1/library").await;
+    env.get("/media/s3/renders/a2.mp3").await;
+    env.get("/media/s3/renders/a3.mp3").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stored("/media/s3/renders/a1.mp3").await,
+        "unpinned after removal, then evicted"
+    );
+    assert!(stored("/media/s3/renders/a5.mp3").await, "still pinned");
+    env.stop().await;
+}

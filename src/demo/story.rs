@@ -97,6 +97,8 @@ prefix = "/api/v1/library"
 kind = "library"
 invalidates = ["/api/v1/library"]
 rewrite = ["media"]
+pins = "items[*].url"
+prefetch = true
 
 [[routes]]
 name = "media"
