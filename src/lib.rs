@@ -9,6 +9,7 @@
 //! - [`cache`]: RFC 9111 rules, cache keys and user partitions, serving from and filling the store.
 //! - [`sync`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts).
 //! - [`evict`]: the size budget: LRU eviction in the background, pins, usage.
+//! - [`import`]: `outpost import`, moving an existing audio cache into the store.
 //! - [`store`]: the data directory: RocksDB column families and content-addressed blob files.
 //! - [`admin`]: the admin API on its own loopback port.
 //! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod evict;
+pub mod import;
 pub mod proxy;
 pub mod rewrite;
 pub mod routes;

@@ -83,6 +83,28 @@ enum Command {
         #[arg(long, default_value = outpost::config::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Import an existing on-disk audio cache (url → file mapping) into the store. Outpost must not be
+    /// running on the data dir.
+    Import {
+        /// Directory the mapping's relative file names are relative to.
+        dir: PathBuf,
+        /// Mapping file: CSV lines `url,file` or JSON (`[{"url":..,"file":..}]` or `{"url": "file"}`).
+        #[arg(long)]
+        map: PathBuf,
+        /// Config file (routes decide each URL's cache key).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Data directory (overrides the file).
+        #[arg(long, env = "OUTPOST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Cache statistics and clearing of a running instance.
+    Cache {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// See and steer the queue of offline writes of a running instance.
     Queue {
         #[command(flatten)]
@@ -120,6 +142,21 @@ impl AdminArgs {
                 )
             })
     }
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Size per kind against the limit, hit rates, dedup savings, evictions.
+    Stats,
+    /// Clear everything, one kind, or one user partition.
+    Clear {
+        /// Clear only this kind (messages, snapshots, audio, library, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Clear only this partition (e.g. sub:alice).
+        #[arg(long)]
+        partition: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +288,83 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format!("no Outpost answering on admin address {admin} (is it running? pass --admin ADDR)")
                 })?;
             println!("{}", outpost::admin::client::render_status(&body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import {
+            dir,
+            map,
+            config,
+            data_dir,
+        } => {
+            let config = Config::load(
+                &config,
+                &Overrides {
+                    data_dir,
+                    ..Default::default()
+                },
+            )?;
+            let (rows, mut errors) = outpost::import::read_map(&map, &dir)?;
+            let total: u64 = rows
+                .iter()
+                .filter_map(|r| std::fs::metadata(&r.file).ok())
+                .map(|m| m.len())
+                .sum();
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("{} files", rows.len()));
+            let report = outpost::import::import(&config, &rows, &|n| bar.inc(n))?;
+            bar.finish();
+            errors.extend(report.errors.iter().cloned());
+            println!(
+                "imported {} files ({} bytes read), {} already present, {} duplicates ({} bytes saved), {} skipped",
+                report.imported,
+                report.bytes,
+                report.unchanged,
+                report.duplicates,
+                report.bytes_saved,
+                errors.len()
+            );
+            for e in &errors {
+                eprintln!("skipped: {e}");
+            }
+            Ok(if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Cache { admin, action } => {
+            use http::Method;
+            use outpost::admin::client::{admin_call_body, get_json};
+            let not_running = || {
+                format!(
+                    "no Outpost answering on admin address {} (is it running? pass --admin ADDR)",
+                    admin.admin
+                )
+            };
+            match action {
+                CacheAction::Stats => {
+                    let v = get_json(admin.admin, "/api/stats").await.with_context(not_running)?;
+                    println!("{}", outpost::admin::client::render_stats(&v));
+                }
+                CacheAction::Clear { kind, partition } => {
+                    let token = admin.token()?;
+                    let body = match (&kind, &partition) {
+                        (None, None) => serde_json::json!({"all": true}),
+                        _ => serde_json::json!({"kind": kind, "partition": partition}),
+                    };
+                    let v = admin_call_body(admin.admin, Method::POST, "/api/cache/clear", &token, &body)
+                        .await
+                        .with_context(not_running)?;
+                    println!(
+                        "cleared {} entries, freed {} bytes",
+                        v["cleared_entries"], v["freed_bytes"]
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { admin, action } => {

@@ -135,6 +135,77 @@ pub async fn admin_call(addr: SocketAddr, method: Method, path: &str, token: &st
     Ok(v)
 }
 
+/// Like [`admin_call`] with a JSON body.
+pub async fn admin_call_body(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<Value, ClientError> {
+    let c = HttpClient::new(Duration::from_secs(30));
+    let auth = format!("Bearer {token}");
+    let r = c
+        .call(
+            method,
+            &format!("http://{addr}{path}"),
+            &[("authorization", &auth), ("content-type", "application/json")],
+            Some(body.to_string().into_bytes()),
+        )
+        .await?;
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    if !r.head.status.is_success() {
+        return Err(ClientError::Answer(format!(
+            "{}: {}",
+            r.head.status,
+            v["error"].as_str().unwrap_or("?")
+        )));
+    }
+    Ok(v)
+}
+
+/// `/api/stats` for people.
+pub fn render_stats(v: &Value) -> String {
+    let mb = |b: &Value| b.as_u64().unwrap_or(0) as f64 / 1e6;
+    let mut out = format!(
+        "cache: {:.1} MB of {:.1} MB ({}), dedup saved {:.1} MB, queue {} pending\n",
+        mb(&v["size_bytes"]),
+        mb(&v["max_size"]),
+        if v["storing"].as_bool().unwrap_or(true) {
+            "storing"
+        } else {
+            "FULL: not storing"
+        },
+        mb(&v["dedup_saved_bytes"]),
+        v["queue_depth"]
+    );
+    out.push_str(&format!(
+        "{:<12} {:>8} {:>10} {:>7} {:>7} {:>7} {:>8} {:>9}\n",
+        "kind", "entries", "MB", "hit", "miss", "stale", "offline", "hit rate"
+    ));
+    for (k, s) in v["kinds"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<12} {:>8} {:>10.1} {:>7} {:>7} {:>7} {:>8} {:>8.0}%\n",
+            k,
+            s["entries"],
+            mb(&s["bytes"]),
+            s["hit"],
+            s["miss"],
+            s["stale"],
+            s["offline"],
+            s["hit_rate"].as_f64().unwrap_or(0.0) * 100.0
+        ));
+    }
+    for (r, e) in v["evictions"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "evicted ({r}): {} items, {:.1} MB\n",
+            e["count"],
+            mb(&e["bytes"])
+        ));
+    }
+    out
+}
+
 /// `/api/status` as a one-screen summary.
 pub fn render_status(v: &Value) -> String {
     let mut out = String::new();
