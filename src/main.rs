@@ -79,9 +79,8 @@ enum Command {
     },
     /// Show a running instance's status (from its admin API).
     Status {
-        /// Admin address of the running instance.
-        #[arg(long, default_value = outpost::config::DEFAULT_ADMIN)]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Import an existing on-disk audio cache (url → file mapping) into the store. Outpost must not be
     /// running on the data dir.
@@ -282,12 +281,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin } => {
-            let body = outpost::admin::client::get_json(admin, "/api/status")
+            let body = outpost::admin::client::get_json(admin.admin, "/api/status")
                 .await
                 .with_context(|| {
-                    format!("no Outpost answering on admin address {admin} (is it running? pass --admin ADDR)")
+                    format!(
+                        "no Outpost answering on admin address {} (is it running? pass --admin ADDR)",
+                        admin.admin
+                    )
                 })?;
             println!("{}", outpost::admin::client::render_status(&body));
+            println!("dashboard: http://{}/", admin.admin);
+            match admin.token() {
+                Ok(t) => println!("admin token: {t}"),
+                Err(e) => println!("admin token: not readable here ({e:#})"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Import {

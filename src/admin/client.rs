@@ -241,7 +241,7 @@ pub fn render_status(v: &Value) -> String {
         ));
     }
     out.push_str(&format!(
-        "admin token: {}\n",
+        "admin token file: {}\n",
         v["admin_token_file"].as_str().unwrap_or("?")
     ));
     out

@@ -1,4 +1,5 @@
-//! The admin API on its own (loopback by default) port: status, the queue, and (later) the cache.
+//! The admin API on its own (loopback by default) port: the dashboard page at `/`, status, stats, metrics,
+//! the queue, the cache and settings.
 //!
 //! Promises: every state-changing call needs the admin token (created on first start in the data dir
 //! with mode 0600, compared in constant time, sent as `Authorization: Bearer <token>` or
@@ -20,6 +21,9 @@ use crate::proxy::json_error;
 use crate::store::Store;
 use crate::sync::{Outbox, QueueError};
 use crate::upstream::Upstreams;
+
+/// The dashboard page, embedded at build time (plain HTML/CSS/JS, no build step).
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// File name of the admin token inside the data dir.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -124,6 +128,22 @@ impl Admin {
             );
         }
         match (&method, segs.as_slice()) {
+            (&Method::GET, [""]) | (&Method::GET, ["index.html"]) => {
+                let mut r = Response::new(body::full(DASHBOARD));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                // The page only talks to this origin; no framing (clickjacking of the buttons).
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+                );
+                h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                r
+            }
             (&Method::GET, ["healthz"]) => json_ok(json!({"ok": true})),
             (&Method::GET, ["api", "status"]) => json_ok(self.status()),
             (&Method::GET, ["api", "stats"]) => json_ok(self.stats()),
