@@ -82,6 +82,7 @@ struct RawCache {
     shared: Option<bool>,
     verify_on_read: Option<bool>,
     auto_evict: Option<bool>,
+    max_unused: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -402,6 +403,9 @@ pub struct CacheSettings {
     pub verify_on_read: bool,
     /// Evict by itself when over `max_size` (off: fills beyond the budget are not stored).
     pub auto_evict: bool,
+    /// Entries not used for this long are evicted (pins excepted).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub max_unused: Option<Duration>,
 }
 
 /// The checked configuration Outpost runs with.
@@ -944,6 +948,10 @@ impl RawConfig {
                 shared: self.cache.shared.unwrap_or(false),
                 verify_on_read: self.cache.verify_on_read.unwrap_or(false),
                 auto_evict: self.cache.auto_evict.unwrap_or(true),
+                max_unused: match &self.cache.max_unused {
+                    None => None,
+                    Some(_) => Some(cx.duration(&self.cache.max_unused, "cache.max_unused", Duration::ZERO)?),
+                },
             },
             upstreams,
             default_upstream,

@@ -30,6 +30,8 @@ pub enum EvictReason {
     Unreferenced,
     /// Cleared by the admin or a logout.
     Cleared,
+    /// Not used for longer than `max_unused`.
+    Unused,
 }
 
 impl EvictReason {
@@ -39,6 +41,7 @@ impl EvictReason {
             EvictReason::Size => "size",
             EvictReason::Unreferenced => "unreferenced",
             EvictReason::Cleared => "cleared",
+            EvictReason::Unused => "unused",
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct Evictor {
     order: Mutex<LruCache<Vec<u8>, u64>>,
     dirty: Mutex<Vec<(Vec<u8>, u64)>>,
     pinned: Mutex<HashSet<Vec<u8>>>,
+    max_unused: Option<Duration>,
     counts: Mutex<EvictionCounts>,
     wake: Notify,
 }
@@ -70,7 +74,12 @@ fn now_ms() -> u64 {
 
 impl Evictor {
     /// Loads the access order and current usage (one pass over the store).
-    pub fn open(store: Arc<Store>, max_size: u64, auto_evict: bool) -> Result<Evictor, StoreError> {
+    pub fn open(
+        store: Arc<Store>,
+        max_size: u64,
+        auto_evict: bool,
+        max_unused: Option<Duration>,
+    ) -> Result<Evictor, StoreError> {
         let mut keys = store.entry_access_times()?;
         keys.sort_by_key(|(_, t)| *t);
         let mut order = LruCache::unbounded();
@@ -87,6 +96,7 @@ impl Evictor {
             order: Mutex::new(order),
             dirty: Mutex::new(Vec::new()),
             pinned: Mutex::new(HashSet::new()),
+            max_unused,
             counts: Mutex::new(EvictionCounts::default()),
             wake: Notify::new(),
         })
@@ -250,6 +260,37 @@ impl Evictor {
         Ok(freed)
     }
 
+    /// Evicts entries whose last use is older than `max_unused` (pins excepted). Blocking.
+    pub fn expire_unused(&self) -> Result<u64, StoreError> {
+        let Some(max) = self.max_unused else { return Ok(0) };
+        let cutoff = now_ms().saturating_sub(max.as_millis() as u64);
+        let mut freed = 0;
+        let mut kept = Vec::new();
+        loop {
+            let next = self.order.lock().ok().and_then(|mut o| {
+                let old = o.peek_lru().is_some_and(|(_, t)| *t < cutoff);
+                if old {
+                    o.pop_lru()
+                } else {
+                    None
+                }
+            });
+            let Some((key, t)) = next else { break };
+            if self.is_pinned(&key) {
+                kept.push((key, t));
+                continue;
+            }
+            freed += self.remove_entry(&key, EvictReason::Unused)?;
+        }
+        if let Ok(mut o) = self.order.lock() {
+            // Pinned entries stay; they are looked at again when they reach the old end.
+            for (k, t) in kept {
+                o.put(k, t);
+            }
+        }
+        Ok(freed)
+    }
+
     fn persist_access(&self) {
         let batch: Vec<(Vec<u8>, u64)> = self
             .dirty
@@ -275,11 +316,14 @@ impl Evictor {
                     return;
                 }
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(self.max_unused.map_or(Duration::from_secs(5), |m| m.min(Duration::from_secs(5)))) => {}
             }
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 me.persist_access();
+                if let Err(e) = me.expire_unused() {
+                    tracing::error!(error = %e, "expiring unused entries failed");
+                }
                 while me.auto_evict() && me.used() > me.max_size() {
                     match me.evict_once() {
                         Ok(0) => break,

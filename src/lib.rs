@@ -140,7 +140,12 @@ impl Outpost {
             .setting("auto_evict")?
             .map(|v| v == "true")
             .unwrap_or(config.cache.auto_evict);
-        let evictor = Arc::new(Evictor::open(store.clone(), max_size, auto_evict)?);
+        let evictor = Arc::new(Evictor::open(
+            store.clone(),
+            max_size,
+            auto_evict,
+            config.cache.max_unused,
+        )?);
         let evict_task = tokio::spawn(evictor.clone().run(shutdown.triggered()));
         evictor.wake();
         let metrics = Arc::new(Metrics::new());

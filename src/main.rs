@@ -290,6 +290,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 })?;
             println!("{}", outpost::admin::client::render_status(&body));
+            if let Ok(stats) = outpost::admin::client::get_json(admin.admin, "/api/stats").await {
+                let (mut served, mut lookups) = (0u64, 0u64);
+                for (_, k) in stats["kinds"].as_object().into_iter().flatten() {
+                    let n = |f: &str| k[f].as_u64().unwrap_or(0);
+                    let c = n("hit") + n("stale") + n("revalidated") + n("offline");
+                    served += c;
+                    lookups += c + n("miss");
+                }
+                if lookups > 0 {
+                    println!(
+                        "hit rate: {:.0}% of {lookups} cacheable requests served from the cache",
+                        100.0 * served as f64 / lookups as f64
+                    );
+                } else {
+                    println!("hit rate: no cacheable requests yet");
+                }
+            }
             println!("dashboard: http://{}/", admin.admin);
             match admin.token() {
                 Ok(t) => println!("admin token: {t}"),
