@@ -230,12 +230,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             init_logging(flag_format.unwrap_or(config.log_format));
             let outpost = Outpost::start(config).await?;
+            let stop = shutdown_signal();
             println!(
                 "outpost listening on http://{} (admin http://{})",
                 outpost.addr(),
                 outpost.admin_addr()
             );
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("shutting down");
             outpost.shutdown().await;
             Ok(ExitCode::SUCCESS)
@@ -270,13 +271,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await
             .context("starting the demo backend")?;
+            let stop = shutdown_signal();
             println!("demo API     {}", backend.api_url());
             println!("demo media   {}", backend.media_url());
             println!(
                 "demo control {}  (PUT /faults {{\"mode\":\"down\"}}, GET /mutations)",
                 backend.control_url()
             );
-            wait_for_signal().await;
+            stop.await;
             backend.stop().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -438,24 +440,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn wait_for_signal() {
+/// Registers the SIGTERM handler now (so a signal sent right after start is not lost) and returns a future
+/// that resolves on SIGINT or SIGTERM.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -114,25 +114,7 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, ClientError
 
 /// Sends an admin call with the token and returns the JSON answer (errors carry the server's message).
 pub async fn admin_call(addr: SocketAddr, method: Method, path: &str, token: &str) -> Result<Value, ClientError> {
-    let c = HttpClient::new(Duration::from_secs(5));
-    let auth = format!("Bearer {token}");
-    let r = c
-        .call(
-            method,
-            &format!("http://{addr}{path}"),
-            &[("authorization", &auth)],
-            None,
-        )
-        .await?;
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    if !r.head.status.is_success() {
-        return Err(ClientError::Answer(format!(
-            "{}: {}",
-            r.head.status,
-            v["error"].as_str().unwrap_or("?")
-        )));
-    }
-    Ok(v)
+    send_admin(addr, method, path, token, None).await
 }
 
 /// Like [`admin_call`] with a JSON body.
@@ -143,6 +125,16 @@ pub async fn admin_call_body(
     token: &str,
     body: &Value,
 ) -> Result<Value, ClientError> {
+    send_admin(addr, method, path, token, Some(body)).await
+}
+
+async fn send_admin(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<Value, ClientError> {
     let c = HttpClient::new(Duration::from_secs(30));
     let auth = format!("Bearer {token}");
     let r = c
@@ -150,7 +142,7 @@ pub async fn admin_call_body(
             method,
             &format!("http://{addr}{path}"),
             &[("authorization", &auth), ("content-type", "application/json")],
-            Some(body.to_string().into_bytes()),
+            body.map(|b| b.to_string().into_bytes()),
         )
         .await?;
     let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
