@@ -88,6 +88,7 @@ pub struct Outpost {
     outbox: Arc<Outbox>,
     replay: tokio::task::JoinHandle<()>,
     evict_task: tokio::task::JoinHandle<()>,
+    grace: std::time::Duration,
 }
 
 impl Outpost {
@@ -214,6 +215,7 @@ impl Outpost {
             outbox,
             replay,
             evict_task,
+            grace: config.shutdown_grace,
         })
     }
 
@@ -244,7 +246,20 @@ impl Outpost {
         self.admin_server.finished().await;
         let _ = self.replay.await;
         let _ = self.evict_task.await;
-        if let Err(e) = self.store.flush() {
+        let Outpost {
+            store, outbox, grace, ..
+        } = self;
+        drop(outbox);
+        // Background fills and revalidations still hold the store; let them finish (they are bounded by
+        // the upstream timeouts) so the data dir is released when this returns.
+        let deadline = tokio::time::Instant::now() + grace;
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!("background work still holds the store after the grace period");
+        }
+        if let Err(e) = store.flush() {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }
         tracing::info!("outpost stopped");

@@ -95,7 +95,7 @@ pub struct Proxy {
     metrics: Arc<crate::admin::metrics::Metrics>,
     /// Pinned media keys per (pinning route, user partition).
     pins: std::sync::Mutex<PinSets>,
-    prefetch_slots: tokio::sync::Semaphore,
+    prefetch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -114,7 +114,7 @@ impl Proxy {
             outbox,
             metrics,
             pins: std::sync::Mutex::new(std::collections::HashMap::new()),
-            prefetch_slots: tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY),
+            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY)),
         }
     }
 
@@ -500,31 +500,40 @@ impl Proxy {
     /// Downloads one media object into the store in the background (bounded concurrency; waits while
     /// its upstream is offline; skips what is already stored).
     fn prefetch(self: &Arc<Self>, uri: Uri) {
-        let proxy = self.clone();
+        // Waiting tasks hold only a weak reference, so a shutdown (which drops the proxy and with it the
+        // store) is never held up by prefetches waiting for a slot or for the upstream.
+        let weak = Arc::downgrade(self);
+        let slots = self.prefetch_slots.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = proxy.prefetch_slots.acquire().await else {
+            let Ok(_permit) = slots.acquire().await else {
                 return;
             };
-            let route = proxy.routes.route(&Method::GET, uri.path());
-            let upstream = proxy.upstreams.get(route.upstream).clone();
-            let primary = key::primary_key(key::ANONYMOUS, upstream.name(), &uri, &route.policy.ignore_query);
-            if matches!(proxy.cache.lookup(&primary, &HeaderMap::new()), Ok(Some(_))) {
+            loop {
+                let Some(proxy) = weak.upgrade() else { return };
+                let route = proxy.routes.route(&Method::GET, uri.path());
+                let upstream = proxy.upstreams.get(route.upstream).clone();
+                let primary = key::primary_key(key::ANONYMOUS, upstream.name(), &uri, &route.policy.ignore_query);
+                if matches!(proxy.cache.lookup(&primary, &HeaderMap::new()), Ok(Some(_))) {
+                    return;
+                }
+                if !upstream.connectivity().is_online() {
+                    drop(proxy);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let head = RequestHead {
+                    method: Method::GET,
+                    uri: uri.clone(),
+                    version: http::Version::HTTP_11,
+                    headers: HeaderMap::new(),
+                };
+                let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+                let (resp, outcome) = proxy.cached(head, &route, &upstream, peer).await;
+                let mut body = resp.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+                tracing::debug!(%uri, outcome = outcome.as_str(), "prefetched");
                 return;
             }
-            while !upstream.connectivity().is_online() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let head = RequestHead {
-                method: Method::GET,
-                uri: uri.clone(),
-                version: http::Version::HTTP_11,
-                headers: HeaderMap::new(),
-            };
-            let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-            let (resp, outcome) = proxy.cached(head, &route, &upstream, peer).await;
-            let mut body = resp.into_body();
-            while let Some(Ok(_)) = body.frame().await {}
-            tracing::debug!(%uri, outcome = outcome.as_str(), "prefetched");
         });
     }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{walk, TestEnv};
 use http::Method;
 use outpost::admin::client::Collected;
 use outpost::demo::{audio_bytes, Fault};
@@ -118,19 +118,6 @@ async fn the_same_bytes_under_two_urls_are_one_file_on_disk() {
         .unwrap();
     assert_eq!(status["cache"]["dedup_saved_bytes"], SIZE as u64);
     env.stop().await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -11,17 +11,7 @@ use outpost::admin::client::{admin_call, get_json};
 const MB: u64 = 1 << 20;
 
 async fn stored(env: &TestEnv, path: &str) -> bool {
-    let r = env
-        .client
-        .call(
-            Method::GET,
-            &env.url(path),
-            &[("cache-control", "only-if-cached")],
-            None,
-        )
-        .await
-        .unwrap();
-    r.head.status == 200
+    env.is_stored(path).await
 }
 
 async fn stats(env: &TestEnv) -> serde_json::Value {
@@ -117,22 +107,7 @@ async fn settings_are_validated_persisted_and_reset() {
         .await
         .unwrap();
     assert_eq!(ok.head.status, 200);
-    let TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    } = env;
-    outpost.shutdown().await;
-    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
-    let env = TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    };
+    let env = env.restart(|_, _| {}).await;
     let s = stats(&env).await;
     assert_eq!(
         (s["max_size"].as_u64(), s["auto_evict"].as_bool()),

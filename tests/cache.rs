@@ -241,23 +241,11 @@ async fn the_cache_survives_a_restart() {
     let online = env.get(MESSAGES).await;
     let snap = env.get("/api/v1/threads/t1/messages/t1-m2/snapshot").await;
     assert_eq!(snap.head.status, 200);
-    let TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    } = env;
-    outpost.shutdown().await;
-    backend.set_fault(Fault::Down);
-    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
-    let env = TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    };
+    let env = env
+        .restart(|backend, _| {
+            backend.set_fault(Fault::Down);
+        })
+        .await;
     let offline = env.get(MESSAGES).await;
     assert_eq!((offline.head.status.as_u16(), cache_of(&offline)), (200, "OFFLINE"));
     // Same stored body (media URLs are rewritten to each instance's own address, which changed).
@@ -310,28 +298,22 @@ async fn a_corrupted_blob_is_never_served() {
     let good = env.get("/media/s3/renders/a1.mp3").await;
     assert_eq!(good.body.len(), 1 << 20);
     let hash = blake3::hash(&good.body).to_hex().to_string();
-    let TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    } = env;
-    outpost.shutdown().await;
-    // Flip one byte in the middle of the stored file.
-    let path = dir.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]).join(&hash);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[1000] ^= 0xff;
-    std::fs::write(&path, bytes).unwrap();
-    backend.set_fault(Fault::Down);
-    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
-    let env = TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    };
+    let path = env
+        .dir
+        .path()
+        .join("blobs")
+        .join(&hash[0..2])
+        .join(&hash[2..4])
+        .join(&hash);
+    let env = env
+        .restart(|backend, _| {
+            // Flip one byte in the middle of the stored file.
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[1000] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            backend.set_fault(Fault::Down);
+        })
+        .await;
     let r = env.get("/media/s3/renders/a1.mp3").await;
     assert_ne!(r.head.status, 200, "corrupt bytes must not be served");
     assert!(!path.exists(), "the corrupt blob is dropped");

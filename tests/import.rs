@@ -1,6 +1,10 @@
 //! `outpost import`: an existing audio cache moves into the store, deduplicated, idempotently.
 
+mod common;
+
 use std::process::Command;
+
+use common::walk;
 use std::time::Duration;
 
 use http::Method;
@@ -87,17 +91,4 @@ async fn import_twice_dedups_skips_bad_rows_and_serves_offline() {
     assert_eq!(r.header("content-type"), Some("audio/mpeg"));
     outpost.shutdown().await;
     backend.stop().await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

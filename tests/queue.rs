@@ -65,23 +65,8 @@ async fn offline_writes_survive_a_restart_and_replay_in_order_exactly_once() {
         "the library has two writes pending"
     );
 
-    let TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    } = env;
-    outpost.shutdown().await;
-    let outpost = outpost::Outpost::start(config.clone()).await.unwrap();
-    assert_eq!(outpost.outbox().depth(), 3, "the queue survived the restart");
-    let env = TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    };
+    let env = env.restart(|_, _| {}).await;
+    assert_eq!(env.outpost.outbox().depth(), 3, "the queue survived the restart");
     env.backend.set_fault(Fault::Up);
     wait_until("the queue to drain", 15, || env.outpost.outbox().depth() == 0).await;
 

@@ -53,6 +53,43 @@ impl TestEnv {
             .expect("request")
     }
 
+    /// Stops Outpost, runs `between` (with the backend and the data dir), and starts it again on the same
+    /// config and data dir.
+    pub async fn restart(self, between: impl FnOnce(&DemoBackend, &std::path::Path)) -> TestEnv {
+        let TestEnv {
+            backend,
+            outpost,
+            client,
+            dir,
+            config,
+        } = self;
+        outpost.shutdown().await;
+        between(&backend, dir.path());
+        let outpost = Outpost::start(config.clone()).await.expect("restart");
+        TestEnv {
+            backend,
+            outpost,
+            client,
+            dir,
+            config,
+        }
+    }
+
+    /// True when `path` is answered from the store alone (`only-if-cached`).
+    pub async fn is_stored(&self, path: &str) -> bool {
+        let r = self
+            .client
+            .call(
+                http::Method::GET,
+                &self.url(path),
+                &[("cache-control", "only-if-cached")],
+                None,
+            )
+            .await
+            .expect("request");
+        r.head.status == 200
+    }
+
     pub async fn stop(self) {
         self.outpost.shutdown().await;
         self.backend.stop().await;
@@ -76,4 +113,18 @@ pub fn rss_bytes() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
