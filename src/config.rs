@@ -125,9 +125,27 @@ struct RawRoute {
     rewrite_max: Option<Spanned<String>>,
     pins: Option<Spanned<String>>,
     prefetch: Option<bool>,
+    media_alias: Option<Spanned<RawMediaAlias>>,
+    retain: Option<Spanned<RawRetain>>,
     logout: Option<bool>,
     queued_status: Option<Spanned<u16>>,
     queued_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetain {
+    group: Spanned<String>,
+    keep_last: Spanned<i64>,
+    drop: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMediaAlias {
+    objects: Spanned<String>,
+    id: Option<String>,
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,12 +307,39 @@ pub struct RoutePolicy {
     pub pins: Option<String>,
     /// Download pinned media in the background.
     pub prefetch: bool,
+    /// Media identity inside this route's JSON answers: a new URL for a known id is served from the
+    /// blob already stored for that id.
+    pub media_alias: Option<MediaAlias>,
+    /// Per-group retention of stored answers.
+    pub retain: Option<Retention>,
     /// A successful request on this route logs the user out: their partition is cleared.
     pub logout: bool,
     /// Instead of 202, answer queued writes with this status and `queued_body`.
     pub queued_status: Option<u16>,
     /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
     pub queued_body: Option<String>,
+}
+
+/// `retain = { group = "{thread_id}", keep_last = 50, drop = "body" }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retention {
+    /// Template over the route's `{params}`; answers with the same expansion (per user) form a group.
+    pub group: String,
+    /// How many of the newest stored answers per group keep their bodies.
+    pub keep_last: usize,
+    /// `true`: drop the whole entry; `false`: drop the body, keep the head as metadata.
+    pub drop_entry: bool,
+}
+
+/// `media_alias = { objects = "items[*]", id = "audio_file_id", url = "url" }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MediaAlias {
+    /// JSON path of the objects that carry both fields.
+    pub objects: String,
+    /// Field holding the stable media id.
+    pub id: String,
+    /// Field holding the (changing) media URL.
+    pub url: String,
 }
 
 /// One media rewrite rule: `https://media.host/base/...` → `<client's host><local_prefix>/...`.
@@ -367,6 +412,8 @@ impl Default for RoutePolicy {
             rewrite_max: 4 << 20,
             pins: None,
             prefetch: false,
+            media_alias: None,
+            retain: None,
             logout: false,
         }
     }
@@ -870,6 +917,47 @@ impl RawConfig {
                     }
                 },
                 prefetch: raw.prefetch.unwrap_or(false),
+                media_alias: match &raw.media_alias {
+                    None => None,
+                    Some(a) => {
+                        let a = a.get_ref();
+                        crate::rewrite::JsonPath::parse(a.objects.get_ref())
+                            .map_err(|r| cx.err(Some(a.objects.span()), &key("media_alias.objects"), r))?;
+                        Some(MediaAlias {
+                            objects: a.objects.get_ref().clone(),
+                            id: a.id.clone().unwrap_or_else(|| "audio_file_id".into()),
+                            url: a.url.clone().unwrap_or_else(|| "url".into()),
+                        })
+                    }
+                },
+                retain: match &raw.retain {
+                    None => None,
+                    Some(r) => {
+                        let r = r.get_ref();
+                        check_template(r.group.get_ref(), &pattern)
+                            .map_err(|e| cx.err(Some(r.group.span()), &key("retain.group"), e))?;
+                        let keep = *r.keep_last.get_ref();
+                        if keep < 1 {
+                            return Err(cx.err(Some(r.keep_last.span()), &key("retain.keep_last"), "must be at least 1"));
+                        }
+                        let drop_entry = match r.drop.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+                            None | Some(("body", _)) => false,
+                            Some(("entry", _)) => true,
+                            Some((other, span)) => {
+                                return Err(cx.err(
+                                    Some(span),
+                                    &key("retain.drop"),
+                                    format!("unknown value {other:?} (known: body, entry)"),
+                                ))
+                            }
+                        };
+                        Some(Retention {
+                            group: r.group.get_ref().clone(),
+                            keep_last: keep as usize,
+                            drop_entry,
+                        })
+                    }
+                },
                 logout: raw.logout.unwrap_or(false),
                 rewrite_max: match &raw.rewrite_max {
                     None => defaults.rewrite_max,
@@ -916,6 +1004,21 @@ impl RawConfig {
                     origin,
                     local_prefix: local.trim_end_matches('/').to_string(),
                 });
+            }
+            // Pins and aliases name media by the local URL the rewrite produces.
+            for (what, span) in [
+                ("pins", raw.pins.as_ref().map(|p| p.span())),
+                ("media_alias", raw.media_alias.as_ref().map(|a| a.span())),
+            ] {
+                if let Some(span) = span {
+                    if routes[i].policy.rewrite.is_empty() {
+                        return Err(cx.err(
+                            Some(span),
+                            &format!("routes[{i}].{what}"),
+                            "needs `rewrite` on the same route (media are recognised by their rewritten URLs)",
+                        ));
+                    }
+                }
             }
         }
 
@@ -1070,6 +1173,30 @@ mod tests {
         );
         let e = err("listen = 5\n");
         assert!(e.starts_with("t.toml:1: listen:"), "{e}");
+    }
+
+    #[test]
+    fn retention_and_media_alias_rules_are_checked() {
+        let base = "[upstreams.api]\nurl = \"http://a\"\n[[routes]]\npath = \"/t/{tid}/s/{sid}\"\n";
+        let e = err(&format!("{base}retain = {{ group = \"{{thread}}\", keep_last = 5 }}\n"));
+        assert!(e.starts_with("t.toml:5: routes[0].retain.group:"), "{e}");
+        assert!(e.contains("no {thread}"), "{e}");
+        let e = err(&format!("{base}retain = {{ group = \"{{tid}}\", keep_last = 0 }}\n"));
+        assert!(e.starts_with("t.toml:5: routes[0].retain.keep_last: must be at least 1"), "{e}");
+        let e = err(&format!("{base}retain = {{ group = \"{{tid}}\", keep_last = 2, drop = \"all\" }}\n"));
+        assert!(e.contains("routes[0].retain.drop: unknown value \"all\""), "{e}");
+        let e = err(&format!("{base}retain = {{ keep_last = 2 }}\n"));
+        assert!(e.contains("missing field `group`"), "{e}");
+        let e = err(&format!("{base}media_alias = {{ objects = \"items[*]\" }}\n"));
+        assert!(e.starts_with("t.toml:5: routes[0].media_alias: needs `rewrite`"), "{e}");
+        let ok = Config::from_toml(
+            &format!("{base}retain = {{ group = \"{{tid}}\", keep_last = 3, drop = \"entry\" }}\n"),
+            "t.toml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let r = ok.routes[0].policy.retain.as_ref().unwrap();
+        assert_eq!((r.group.as_str(), r.keep_last, r.drop_entry), ("{tid}", 3, true));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use lru::LruCache;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::store::{Store, StoreError};
+use crate::store::{RetainDrop, Store, StoreError};
 
 /// Entries evicted per batch before yielding.
 const BATCH: usize = 256;
@@ -30,6 +30,8 @@ pub enum EvictReason {
     Unreferenced,
     /// Cleared by the admin or a logout.
     Cleared,
+    /// Older than the newest `keep_last` of its retention group.
+    Retention,
     /// Not used for longer than `max_unused`.
     Unused,
 }
@@ -42,6 +44,7 @@ impl EvictReason {
             EvictReason::Unreferenced => "unreferenced",
             EvictReason::Cleared => "cleared",
             EvictReason::Unused => "unused",
+            EvictReason::Retention => "retention",
         }
     }
 }
@@ -212,6 +215,29 @@ impl Evictor {
             }
         }
         self.count(reason, freed);
+        Ok(freed)
+    }
+
+    /// Applies per-group retention after a commit into `group` (blocking): bodies beyond the newest
+    /// `keep_last` are dropped and blobs left without references are deleted at once.
+    pub fn retain(&self, group: &str, keep_last: usize, drop: RetainDrop) -> Result<u64, StoreError> {
+        let r = self.store.retain_group(group, keep_last, drop)?;
+        if r.dropped == 0 {
+            return Ok(0);
+        }
+        let mut freed = 0;
+        for (hash, size) in &r.released {
+            self.store.delete_blob(hash)?;
+            self.used.fetch_sub((*size).min(self.used()), Ordering::Relaxed);
+            freed += size;
+        }
+        tracing::debug!(group, dropped = r.dropped, bytes = freed, "retention");
+        if let Ok(mut c) = self.counts.lock() {
+            let e = c.by_reason.entry(EvictReason::Retention.as_str()).or_default();
+            e.0 += r.dropped;
+            e.1 += freed;
+        }
+        self.update_accepting();
         Ok(freed)
     }
 

@@ -201,6 +201,8 @@ pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Resul
                 route: route.clone(),
                 url: row.url.clone(),
                 invalidated: false,
+                group: None,
+                body_dropped: false,
             };
             let mut h = http::HeaderMap::new();
             h.insert(

@@ -180,11 +180,15 @@ impl Proxy {
                 self.outbox.credentials_accepted(auth);
             }
         }
-        let wants_json = rewrite_base.is_some() || route.policy.pins.is_some();
+        let wants_json =
+            rewrite_base.is_some() || route.policy.pins.is_some() || route.policy.media_alias.is_some();
         if wants_json && method == Method::GET && resp.status() == StatusCode::OK {
             resp = match crate::rewrite::buffer_json(resp, route.policy.rewrite_max).await {
                 Err(untouched) => untouched,
                 Ok((parts, bytes)) => {
+                    if let Some(alias) = &route.policy.media_alias {
+                        self.record_media_aliases(&route, alias, &bytes);
+                    }
                     if let Some(pins) = &route.policy.pins {
                         self.update_pins(&route, pins, &request_partition, &bytes);
                     }
@@ -455,6 +459,43 @@ impl Proxy {
         self.route_of(item).policy.conflict
     }
 
+    /// Remembers which media id each media URL in a JSON answer stands for, so that a later URL of the
+    /// same id is answered from the blob already stored (`media_alias`).
+    fn record_media_aliases(&self, route: &RouteMatch<'_>, rule: &crate::config::MediaAlias, json: &[u8]) {
+        let Ok(objects) = crate::rewrite::JsonPath::parse(&rule.objects) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let mut pairs = Vec::new();
+        for obj in objects.values(&v) {
+            let id = match obj.get(&rule.id) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => continue,
+            };
+            let Some(url) = obj.get(&rule.url).and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let Some(target) = crate::rewrite::local_target(url, &route.policy.rewrite) else {
+                continue;
+            };
+            let Ok(uri) = target.parse::<Uri>() else { continue };
+            let media_route = self.routes.route(&Method::GET, uri.path());
+            let up = self.upstreams.get(media_route.upstream);
+            pairs.push((
+                id,
+                key::primary_key(key::ANONYMOUS, up.name(), &uri, &media_route.policy.ignore_query),
+            ));
+        }
+        if !pairs.is_empty() {
+            if let Err(e) = self.cache.store().put_media_aliases(&pairs) {
+                tracing::warn!(error = %e, "recording media aliases failed");
+            }
+        }
+    }
+
     /// The latest answer of a pinning route lists the media to keep: that set replaces the route's pins
     /// for this user (a removed item unpins), and with `prefetch` the missing ones are downloaded.
     fn update_pins(self: &Arc<Self>, route: &RouteMatch<'_>, path: &str, partition: &str, json: &[u8]) {
@@ -513,7 +554,9 @@ impl Proxy {
                 let route = proxy.routes.route(&Method::GET, uri.path());
                 let upstream = proxy.upstreams.get(route.upstream).clone();
                 let primary = key::primary_key(key::ANONYMOUS, upstream.name(), &uri, &route.policy.ignore_query);
-                if matches!(proxy.cache.lookup(&primary, &HeaderMap::new()), Ok(Some(_))) {
+                if matches!(proxy.cache.lookup(&primary, &HeaderMap::new()), Ok(Some(_)))
+                    || matches!(proxy.cache.lookup_alias(&primary), Ok(Some(_)))
+                {
                     return;
                 }
                 if !upstream.connectivity().is_online() {
@@ -570,6 +613,10 @@ impl Proxy {
         let now = SystemTime::now();
         let head_only = req.method == Method::HEAD;
         let stored = match self.cache.lookup(&primary, &req.headers) {
+            Ok(None) if req.method == Method::GET => self.cache.lookup_alias(&primary).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "alias lookup failed; going to the network");
+                None
+            }),
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cache lookup failed; going to the network");
@@ -780,13 +827,20 @@ impl Proxy {
         let storable = policy::storable(role, &req.method, &req.headers, resp.status(), resp.headers());
         match storable {
             Ok(()) => {
+                let partition = key::partition(&req.headers);
+                let retain = route.policy.retain.as_ref().map(|r| {
+                    // Groups are per route and per user, so one user's answers never push out another's.
+                    let group = format!("{}\u{1f}{partition}\u{1f}{}", route.name, route.expand(&r.group));
+                    let drop = if r.drop_entry {
+                        crate::store::RetainDrop::Entry
+                    } else {
+                        crate::store::RetainDrop::Body
+                    };
+                    (group, r.keep_last, drop)
+                });
                 let info = FillInfo {
-                    primary: key::primary_key(
-                        &key::partition(&req.headers),
-                        upstream.name(),
-                        &req.uri,
-                        &route.policy.ignore_query,
-                    ),
+                    primary: key::primary_key(&partition, upstream.name(), &req.uri, &route.policy.ignore_query),
+                    retain,
                     req_headers: req.headers.clone(),
                     request_time,
                     response_time,

@@ -65,6 +65,11 @@ impl JsonPath {
 
     /// Every string found at the path.
     pub fn strings<'a>(&self, v: &'a Value) -> Vec<&'a str> {
+        self.values(v).into_iter().filter_map(Value::as_str).collect()
+    }
+
+    /// Every value found at the path.
+    pub fn values<'a>(&self, v: &'a Value) -> Vec<&'a Value> {
         let mut cur = vec![v];
         for step in &self.0 {
             let mut next = Vec::new();
@@ -78,7 +83,7 @@ impl JsonPath {
             }
             cur = next;
         }
-        cur.into_iter().filter_map(Value::as_str).collect()
+        cur
     }
 }
 

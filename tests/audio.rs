@@ -252,3 +252,61 @@ async fn pinned_library_audio_survives_eviction_pressure_until_it_leaves_the_lib
     assert!(stored("/media/s3/renders/a5.mp3").await, "still pinned");
     env.stop().await;
 }
+
+/// The path and query of the rewritten media URL of `aid` in a JSON list at `items`.
+fn media_path(json: &[u8], aid: &str) -> String {
+    let v: serde_json::Value = serde_json::from_slice(json).expect("JSON");
+    let url = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["audio_file_id"] == aid)
+        .and_then(|i| i["url"].as_str())
+        .expect("item with a url")
+        .to_string();
+    let rest = url.strip_prefix("http://").expect("rewritten to Outpost");
+    rest[rest.find('/').expect("path")..].to_string()
+}
+
+#[tokio::test]
+async fn a_new_url_for_a_known_audio_file_id_is_answered_from_the_stored_copy() {
+    let env = TestEnv::start().await;
+    let lib = env.get("/api/v1/library").await;
+    let old = media_path(&lib.body, "a1");
+    assert!(old.starts_with("/media/s3/renders/a1.mp3?"), "{old}");
+    assert_eq!(env.get(&old).await.body, bytes_of("a1"));
+    wait_stored(&env, &media_path(&lib.body, "a5")).await;
+
+    // The bucket moves: every media URL changes; the bytes and the audio_file_ids do not.
+    env.backend.state().move_media();
+    let lib = env.get("/api/v1/library").await;
+    let new = media_path(&lib.body, "a1");
+    assert!(new.starts_with("/media/s3/renders/v1/a1.mp3?"), "{new}");
+    let r = env.get(&new).await;
+    assert_eq!(r.head.status, 200);
+    assert_eq!(r.header("x-outpost-cache"), Some("HIT"), "answered from the stored copy");
+    assert_eq!(r.body, bytes_of("a1"));
+    // Ranges work on the linked entry too, and offline.
+    env.backend.set_fault(Fault::Down);
+    let part = range(&env, &new, "bytes=100-199", &[]).await;
+    assert_eq!(part.head.status, 206);
+    assert_eq!(part.body, bytes_of("a1")[100..200]);
+    env.backend.set_fault(Fault::Up);
+    // Prefetch of the pinned library saw the new URLs too and did not download anything either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(env.is_stored(&media_path(&lib.body, "a5")).await);
+    let state = env.backend.state();
+    assert_eq!(state.request_count("/renders/v1/a1.mp3"), 0, "no download for a known id");
+    assert_eq!(state.request_count("/renders/v1/a5.mp3"), 0, "no download for a known id");
+    // One file per content on disk: exactly the two audio files.
+    let audio_files = walk(&env.dir.path().join("blobs"))
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).map(|m| m.len() == SIZE as u64).unwrap_or(false))
+        .count();
+    assert_eq!(audio_files, 2);
+    let stats: serde_json::Value = outpost::admin::client::get_json(env.outpost.admin_addr(), "/api/stats")
+        .await
+        .unwrap();
+    assert!(stats["dedup_saved_bytes"].as_u64().unwrap_or(0) >= 2 * SIZE as u64, "{stats}");
+    env.stop().await;
+}

@@ -207,3 +207,111 @@ async fn entries_unused_for_max_unused_expire() {
     assert!(!stored(&env, "/media/s3/renders/a1.mp3").await);
     env.stop().await;
 }
+
+fn blob_bytes_on_disk(env: &TestEnv) -> u64 {
+    common::walk(&env.dir.path().join("blobs"))
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn wait_under_budget(env: &TestEnv, max: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats(env).await["size_bytes"].as_u64().unwrap() > max {
+        assert!(Instant::now() < deadline, "eviction never brought the cache under budget");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn mixed_kinds_past_the_budget_stay_under_it_on_disk_keeping_pins_and_lru_order() {
+    let max = 4 * MB + MB / 2;
+    let env = TestEnv::start_with(|c| c.max_size = max).await;
+    // The library pins a1 and a5 and prefetches them (2 MiB that must never go).
+    env.get("/api/v1/library").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(stored(&env, "/media/s3/renders/a1.mp3").await && stored(&env, "/media/s3/renders/a5.mp3").await) {
+        assert!(Instant::now() < deadline, "prefetch never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.get("/media/s3/renders/a2.mp3").await;
+    env.get("/media/s3/renders/a3.mp3").await;
+    env.get("/api/v1/threads/t1/messages").await;
+    // a2 is used again: a3 is now the least recently used audio.
+    assert!(stored(&env, "/media/s3/renders/a2.mp3").await);
+    env.get("/media/s3/renders/a4.mp3").await;
+    wait_under_budget(&env, max).await;
+    assert!(!stored(&env, "/media/s3/renders/a3.mp3").await, "the LRU audio went");
+    assert!(stored(&env, "/media/s3/renders/a2.mp3").await, "the recently used audio stayed");
+    // More of every kind.
+    for t in ["t1", "t2", "t3"] {
+        env.get(&format!("/api/v1/threads/{t}/messages")).await;
+        for m in 1..=4 {
+            env.get(&format!("/api/v1/threads/{t}/messages/{t}-m{m}/snapshot")).await;
+        }
+    }
+    env.get("/media/s3/renders/a6.mp3").await;
+    env.get("/api/v1/threads/t3/messages/t3-m4/snapshot").await;
+    wait_under_budget(&env, max).await;
+    let on_disk = blob_bytes_on_disk(&env);
+    assert!(on_disk <= max, "{on_disk} bytes of blob files on disk > budget {max}");
+    for pinned in ["a1", "a5"] {
+        assert!(stored(&env, &format!("/media/s3/renders/{pinned}.mp3")).await, "pinned {pinned}");
+    }
+    assert!(stored(&env, "/api/v1/threads/t3/messages/t3-m4/snapshot").await, "the newest stays");
+    let s = stats(&env).await;
+    assert_eq!(s["size_bytes"].as_u64(), Some(on_disk), "stats agree with the filesystem: {s}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_50_snapshot_bodies_per_thread() {
+    let opts = outpost::demo::DemoOptions {
+        messages_per_thread: 67,
+        ..Default::default()
+    };
+    // The demo config says: retain = { group = "{thread_id}", keep_last = 50, drop = "body" }.
+    let env = TestEnv::start_full(opts, |_| {}).await;
+    let snap = |t: &str, m: usize| format!("/api/v1/threads/{t}/messages/{t}-m{m}/snapshot");
+    let mut sizes = std::collections::HashMap::new();
+    let plan = [("t1", 67), ("t2", 67), ("t3", 66)];
+    for (t, n) in plan {
+        for m in 1..=n {
+            let r = env.get(&snap(t, m)).await;
+            assert_eq!(r.head.status, 200);
+            sizes.insert(snap(t, m), r.body.len() as u64);
+        }
+    }
+    assert_eq!(sizes.len(), 200);
+    let mut kept_bytes = 0;
+    for (t, n) in plan {
+        for m in 1..=n {
+            let keep = m > n - 50;
+            assert_eq!(stored(&env, &snap(t, m)).await, keep, "{t} m{m} of {n}");
+            if keep {
+                kept_bytes += sizes[&snap(t, m)];
+            }
+        }
+    }
+    let s = stats(&env).await;
+    assert_eq!(s["kinds"]["snapshots"]["entries"], 200, "older heads are kept as metadata: {s}");
+    assert_eq!(s["kinds"]["snapshots"]["bytes"].as_u64(), Some(kept_bytes), "{s}");
+    assert_eq!(s["evictions"]["retention"]["count"], 50, "{s}");
+    assert_eq!(blob_bytes_on_disk(&env), kept_bytes, "dropped bodies are gone from the disk");
+    // A dropped one asked for again comes from the network and pushes out its thread's oldest.
+    let again = env.get(&snap("t1", 1)).await;
+    assert_eq!(again.header("x-outpost-cache"), Some("MISS"));
+    assert_eq!(again.body.len() as u64, sizes[&snap("t1", 1)]);
+    assert!(stored(&env, &snap("t1", 1)).await);
+    assert!(!stored(&env, &snap("t1", 18)).await, "t1's oldest kept body made room");
+    assert!(stored(&env, &snap("t2", 18)).await, "other threads are untouched");
+    // Offline, a dropped body is never answered with something else.
+    env.backend.set_fault(outpost::demo::Fault::Down);
+    let off = env.get(&snap("t2", 3)).await;
+    assert!(off.head.status.is_server_error(), "{}", off.head.status);
+    let ok = env.get(&snap("t2", 60)).await;
+    assert_eq!(ok.head.status, 200);
+    assert_eq!(ok.body.len() as u64, sizes[&snap("t2", 60)]);
+    env.stop().await;
+}

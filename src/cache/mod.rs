@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::evict::Evictor;
-use crate::store::{Entry, Lookup, Store, StoreError};
+use crate::store::{RetainDrop, Entry, Lookup, Store, StoreError};
 use policy::{CacheRole, ExchangeTimes, Freshness};
 
 /// Cache failures; none of them reaches a client as such (the proxy falls back to the network).
@@ -151,6 +151,8 @@ pub struct FillInfo {
     pub route: String,
     /// Request target.
     pub url: String,
+    /// Retention group and its rule (`keep_last`, what to drop), from the route's `retain`.
+    pub retain: Option<(String, usize, RetainDrop)>,
 }
 
 /// The cache engine.
@@ -195,6 +197,8 @@ impl Cache {
     pub fn lookup(&self, primary: &[u8], req_headers: &HeaderMap) -> Result<Option<Hit>, CacheError> {
         match self.store.lookup(primary)? {
             Lookup::Miss => Ok(None),
+            // A head kept by retention without its body is metadata, not something to serve.
+            Lookup::Entry(entry) if entry.body_dropped => Ok(None),
             Lookup::Entry(entry) => Ok(Some(Hit {
                 key: primary.to_vec(),
                 entry,
@@ -202,9 +206,45 @@ impl Cache {
             Lookup::Vary(fields) => {
                 let values = policy::vary_values(&fields, req_headers);
                 let key = key::variant_key(primary, &values);
-                Ok(self.store.entry(&key)?.map(|entry| Hit { key, entry }))
+                Ok(self
+                    .store
+                    .entry(&key)?
+                    .filter(|e| !e.body_dropped)
+                    .map(|entry| Hit { key, entry }))
             }
         }
+    }
+
+    /// On a miss at `primary`: when a `media_alias` rule said the object at `primary` is media id X and
+    /// another URL of X is stored, the stored body is linked to `primary` (one more reference to the
+    /// same blob, no download) and returned.
+    pub fn lookup_alias(&self, primary: &[u8]) -> Result<Option<Hit>, CacheError> {
+        let Some(id) = self.store.media_alias_of(primary)? else {
+            return Ok(None);
+        };
+        for other in self.store.media_alias_keys(&id)? {
+            if other == primary {
+                continue;
+            }
+            let Some(hit) = self.lookup(&other, &HeaderMap::new())? else {
+                continue;
+            };
+            let mut entry = hit.entry.clone();
+            entry.group = None;
+            entry.invalidated = false;
+            let blob = crate::store::BlobId {
+                hash: entry.blob.clone(),
+                size: entry.size,
+            };
+            self.store.commit_entry(primary, primary, &[], &entry, &blob)?;
+            self.evictor.committed(primary, 0);
+            tracing::debug!(media_id = %id, "served from another URL of the same media (alias)");
+            return Ok(Some(Hit {
+                key: primary.to_vec(),
+                entry,
+            }));
+        }
+        Ok(None)
     }
 
     /// Claims the fill of `primary`, or joins the one in flight.
@@ -413,8 +453,16 @@ impl Cache {
             let state = match writer {
                 Some(w) if whole && announced.is_none_or(|n| n == w.len()) => {
                     let store = cache.store.clone();
-                    let committed =
-                        tokio::task::spawn_blocking(move || commit(&store, info, status, &resp_headers, w)).await;
+                    let evictor = cache.evictor.clone();
+                    let committed = tokio::task::spawn_blocking(move || {
+                        let retain = info.retain.clone();
+                        let done = commit(&store, info, status, &resp_headers, w)?;
+                        if let Some((group, keep, drop)) = retain {
+                            evictor.retain(&group, keep, drop)?;
+                        }
+                        Ok::<_, CacheError>(done)
+                    })
+                    .await;
                     match committed {
                         Ok(Ok((key, new_bytes))) => {
                             cache.evictor.committed(&key, new_bytes);
@@ -479,6 +527,8 @@ fn commit(
         route: info.route,
         url: info.url,
         invalidated: false,
+        group: info.retain.map(|(g, _, _)| g),
+        body_dropped: false,
     };
     entry.set_headers(&storable_headers(resp_headers));
     let new_blob = store.commit_entry(&info.primary, &key, &fields, &entry, &blob)?;

@@ -21,7 +21,6 @@ use crate::body::{self, BoxError, ProxyBody};
 /// Number of demo threads.
 const THREADS: usize = 3;
 /// Messages per thread at start.
-const MESSAGES_PER_THREAD: usize = 4;
 /// Fixed Last-Modified of every audio file.
 const AUDIO_LAST_MODIFIED: &str = "Mon, 02 Nov 2026 10:00:00 GMT";
 
@@ -78,6 +77,9 @@ pub struct DemoState {
     data: Mutex<Data>,
     requests: Mutex<HashMap<String, u64>>,
     signature: AtomicU64,
+    /// Storage layout generation: 0 serves `/renders/{id}.mp3`, n > 0 `/renders/v{n}/{id}.mp3` (a
+    /// bucket migration: every media URL changes, the bytes and `audio_file_id`s do not).
+    media_generation: AtomicU64,
 }
 
 /// The bytes of audio file `id`: deterministic, `size` long, produced in chunks (never all in memory).
@@ -166,12 +168,17 @@ fn slice_chunks(
 }
 
 impl DemoState {
-    pub(super) fn new(media_base: String, audio_size: usize, fault: watch::Receiver<Fault>) -> DemoState {
+    pub(super) fn new(
+        media_base: String,
+        audio_size: usize,
+        messages_per_thread: usize,
+        fault: watch::Receiver<Fault>,
+    ) -> DemoState {
         let mut messages = BTreeMap::new();
         let mut audio = BTreeMap::new();
         for t in 1..=THREADS {
             let tid = format!("t{t}");
-            let list = (1..=MESSAGES_PER_THREAD)
+            let list = (1..=messages_per_thread)
                 .map(|m| {
                     // Threads share renders: message m of every thread uses audio file a{m}.
                     let aid = format!("a{m}");
@@ -185,7 +192,7 @@ impl DemoState {
                 .collect();
             messages.insert(tid, list);
         }
-        for m in 1..=MESSAGES_PER_THREAD + 2 {
+        for m in 1..=messages_per_thread + 2 {
             let aid = format!("a{m}");
             audio.insert(
                 aid.clone(),
@@ -219,6 +226,7 @@ impl DemoState {
                 token_version: 1,
             }),
             requests: Mutex::new(HashMap::new()),
+            media_generation: AtomicU64::new(0),
             signature: AtomicU64::new(1),
         }
     }
@@ -245,6 +253,11 @@ impl DemoState {
             .unwrap_or_default()
     }
 
+    /// Moves every render to a new path (`/renders/v{n}/…`); old paths keep working.
+    pub fn move_media(&self) -> u64 {
+        self.media_generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Size of each audio file.
     pub fn audio_size(&self) -> usize {
         self.audio_size
@@ -253,8 +266,12 @@ impl DemoState {
     fn media_url(&self, audio_file_id: &str) -> String {
         // Presigned-style: a fresh signature on every response, like S3.
         let sig = self.signature.fetch_add(1, Ordering::Relaxed);
+        let dir = match self.media_generation.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!("v{n}/"),
+        };
         format!(
-            "{}/renders/{audio_file_id}.mp3?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&X-Amz-Signature={:016x}",
+            "{}/renders/{dir}{audio_file_id}.mp3?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&X-Amz-Signature={:016x}",
             self.media_base,
             blake3::hash(&sig.to_le_bytes()).as_bytes()[..8]
                 .iter()
@@ -586,7 +603,11 @@ impl DemoState {
         if let Some(r) = answered {
             return r;
         }
-        let Some(id) = path.strip_prefix("/renders/").and_then(|p| p.strip_suffix(".mp3")) else {
+        let id = path.strip_prefix("/renders/").map(|p| match p.split_once('/') {
+            Some((v, rest)) if v.starts_with('v') && v[1..].parse::<u64>().is_ok() => rest,
+            _ => p,
+        });
+        let Some(id) = id.and_then(|p| p.strip_suffix(".mp3")) else {
             return json_resp(StatusCode::NOT_FOUND, &json!({"error": "no such object"}));
         };
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -675,6 +696,7 @@ impl DemoState {
                 }
             }
             (Method::GET, "/mutations") => json_resp(StatusCode::OK, &json!(self.mutations())),
+            (Method::POST, "/media/move") => json_resp(StatusCode::OK, &json!({"generation": self.move_media()})),
             (Method::GET, "/library") => json_resp(StatusCode::OK, &json!(self.library_audio_ids())),
             (Method::GET, "/requests") => {
                 let m = self.requests.lock().map(|m| m.clone()).unwrap_or_default();
@@ -682,7 +704,7 @@ impl DemoState {
             }
             _ => json_resp(
                 StatusCode::NOT_FOUND,
-                &json!({"error": "control routes: GET/PUT /faults, GET /mutations, /library, /requests"}),
+                &json!({"error": "control routes: GET/PUT /faults, GET /mutations, /library, /requests, POST /media/move"}),
             ),
         }
     }

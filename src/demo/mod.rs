@@ -68,6 +68,8 @@ pub struct DemoOptions {
     pub control: SocketAddr,
     /// Size of every audio file in bytes.
     pub audio_size: usize,
+    /// Messages (each with a snapshot) in each of the three threads.
+    pub messages_per_thread: usize,
 }
 
 impl Default for DemoOptions {
@@ -78,6 +80,7 @@ impl Default for DemoOptions {
             media: any,
             control: any,
             audio_size: 1 << 20,
+            messages_per_thread: 4,
         }
     }
 }
@@ -107,6 +110,7 @@ impl DemoBackend {
         let state = Arc::new(DemoState::new(
             format!("http://{media_addr}"),
             opts.audio_size,
+            opts.messages_per_thread,
             fault_rx.clone(),
         ));
         let shutdown = ShutdownSignal::new();

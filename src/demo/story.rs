@@ -85,11 +85,13 @@ name = "messages"
 path = "/api/v1/threads/{{thread_id}}/messages"
 kind = "messages"
 rewrite = ["media"]
+media_alias = {{ objects = "messages[*].renders[*]", id = "audio_file_id", url = "url" }}
 
 [[routes]]
 name = "snapshots"
 path = "/api/v1/threads/{{thread_id}}/messages/{{message_id}}/snapshot"
 kind = "snapshots"
+retain = {{ group = "{{thread_id}}", keep_last = 50, drop = "body" }}
 
 [[routes]]
 name = "library"
@@ -99,6 +101,7 @@ invalidates = ["/api/v1/library"]
 rewrite = ["media"]
 pins = "items[*].url"
 prefetch = true
+media_alias = {{ objects = "items[*]", id = "audio_file_id", url = "url" }}
 
 [[routes]]
 name = "media"

@@ -35,6 +35,12 @@ pub struct Entry {
     /// Set by an unsafe request's success (§4.4): must be revalidated before use while online.
     #[serde(default)]
     pub invalidated: bool,
+    /// Retention group (route, partition and the expanded `retain.group`), when the route has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The body was dropped by per-group retention; the head is kept as metadata and never served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_dropped: bool,
 }
 
 impl Entry {
@@ -85,6 +91,35 @@ pub enum Lookup {
     Entry(Entry),
     /// Responses vary on these fields; look up the variant key.
     Vary(Vec<String>),
+}
+
+/// Key in the `groups` family: group, 0, response time (big-endian, so a prefix scan is oldest first),
+/// entry key.
+fn group_index_key(group: &str, time_ms: u64, entry_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + 9 + entry_key.len());
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&time_ms.to_be_bytes());
+    k.extend_from_slice(entry_key);
+    k
+}
+
+/// What per-group retention drops from entries beyond `keep_last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainDrop {
+    /// The body; the head stays as metadata.
+    Body,
+    /// The whole entry.
+    Entry,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Default)]
+pub struct Retained {
+    /// Entries whose body (or the whole entry) was dropped.
+    pub dropped: u64,
+    /// Blobs no entry references any more: (hash, size), for the caller to delete.
+    pub released: Vec<(String, u64)>,
 }
 
 impl Store {
@@ -165,6 +200,14 @@ impl Store {
                 }
             }
         }
+        if let Some(o) = &old {
+            if let Some(g) = &o.group {
+                batch.delete_cf(self.cf("groups"), group_index_key(g, o.response_time_ms, key));
+            }
+        }
+        if let Some(g) = &entry.group {
+            batch.put_cf(self.cf("groups"), group_index_key(g, entry.response_time_ms, key), b"");
+        }
         if key != primary {
             batch.put_cf(entries, primary, Self::encode(&Record::Vary(vary_fields.to_vec())));
         } else if let Lookup::Vary(_) = self.lookup(primary)? {
@@ -191,6 +234,9 @@ impl Store {
         };
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_cf(self.cf("entries"), key);
+        if let Some(g) = &old.group {
+            batch.delete_cf(self.cf("groups"), group_index_key(g, old.response_time_ms, key));
+        }
         if let Some(mut r) = self.blob_record(&old.blob)? {
             r.refcount = r.refcount.saturating_sub(1);
             batch.put_cf(self.cf("blobs"), old.blob.as_bytes(), Self::encode(&r));
@@ -227,6 +273,64 @@ impl Store {
             self.db.write(batch)?;
         }
         Ok(n)
+    }
+
+    /// Per-group retention: keeps the newest `keep_last` stored bodies of `group` and drops the rest
+    /// (their bodies, or the whole entries), with every index, entry and refcount change in one batch.
+    pub fn retain_group(&self, group: &str, keep_last: usize, drop: RetainDrop) -> Result<Retained, StoreError> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let groups = self.cf("groups");
+        let mut prefix = group.as_bytes().to_vec();
+        prefix.push(0);
+        let mut members = Vec::new();
+        for item in self.db.prefix_iterator_cf(groups, &prefix) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            members.push(k.to_vec());
+        }
+        let mut out = Retained::default();
+        if members.len() <= keep_last {
+            return Ok(out);
+        }
+        let excess = members.len() - keep_last;
+        let mut batch = rocksdb::WriteBatch::default();
+        // Several old entries may share a blob: count down in memory, write each record once.
+        let mut records: std::collections::HashMap<String, BlobRecord> = std::collections::HashMap::new();
+        for idx in &members[..excess] {
+            batch.delete_cf(groups, idx);
+            let Some(entry_key) = idx.get(prefix.len() + 8..) else { continue };
+            let Some(mut e) = self.entry(entry_key)? else { continue };
+            if e.body_dropped {
+                continue;
+            }
+            if !records.contains_key(&e.blob) {
+                if let Some(r) = self.blob_record(&e.blob)? {
+                    records.insert(e.blob.clone(), r);
+                }
+            }
+            if let Some(r) = records.get_mut(&e.blob) {
+                r.refcount = r.refcount.saturating_sub(1);
+            }
+            match drop {
+                RetainDrop::Body => {
+                    e.body_dropped = true;
+                    e.blob = String::new();
+                    batch.put_cf(self.cf("entries"), entry_key, Self::encode(&Record::Entry(e)));
+                }
+                RetainDrop::Entry => batch.delete_cf(self.cf("entries"), entry_key),
+            }
+            out.dropped += 1;
+        }
+        for (hash, r) in &records {
+            batch.put_cf(self.cf("blobs"), hash.as_bytes(), Self::encode(r));
+            if r.refcount == 0 {
+                out.released.push((hash.clone(), r.size));
+            }
+        }
+        self.db.write(batch)?;
+        Ok(out)
     }
 
     /// The blob directory.
@@ -373,7 +477,52 @@ impl Store {
             };
             let s: &mut (u64, u64) = out.entry(e.kind.clone()).or_default();
             s.0 += 1;
-            s.1 += e.size;
+            if !e.body_dropped {
+                s.1 += e.size;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that the media at each primary key is the object `id` (a `media_alias` rule). Unsynced:
+    /// losing the newest aliases in a crash costs a download, never a wrong answer.
+    pub fn put_media_aliases(&self, pairs: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let meta = self.cf("meta");
+        let mut batch = rocksdb::WriteBatch::default();
+        for (id, key) in pairs {
+            let mut by_id = format!("alias-id:{id}").into_bytes();
+            by_id.push(0);
+            by_id.extend_from_slice(key);
+            batch.put_cf(meta, by_id, b"");
+            let mut by_key = b"alias-key:".to_vec();
+            by_key.extend_from_slice(key);
+            batch.put_cf(meta, by_key, id.as_bytes());
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// The media id recorded for a primary key.
+    pub fn media_alias_of(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        let mut by_key = b"alias-key:".to_vec();
+        by_key.extend_from_slice(key);
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf("meta"), by_key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Every primary key recorded for media id `id`.
+    pub fn media_alias_keys(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut prefix = format!("alias-id:{id}").into_bytes();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf("meta"), &prefix) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(k[prefix.len()..].to_vec());
         }
         Ok(out)
     }
@@ -414,6 +563,8 @@ mod tests {
             route: "media".into(),
             url: "/x".into(),
             invalidated: false,
+            group: None,
+            body_dropped: false,
         }
     }
 
@@ -435,5 +586,37 @@ mod tests {
         store.remove_entry(b"k2").unwrap();
         assert_eq!(store.blob_info(&blob.hash).unwrap().unwrap().refcount, 0);
         assert_eq!(store.dedup_saved().unwrap(), 0);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_bodies_of_a_group_and_their_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut hashes = Vec::new();
+        for i in 0..5u64 {
+            let mut w = store.blobs().begin().unwrap();
+            // Entries 0 and 1 share their bytes: the shared blob is released only when both are dropped.
+            w.write(format!("body {}", i.max(1)).as_bytes()).unwrap();
+            let blob = store.blobs().finish(w).unwrap();
+            let mut e = entry(&blob);
+            e.group = Some("g".into());
+            e.response_time_ms = 100 + i;
+            let k = format!("k{i}");
+            store.commit_entry(k.as_bytes(), k.as_bytes(), &[], &e, &blob).unwrap();
+            hashes.push(blob.hash);
+        }
+        let r = store.retain_group("g", 3, RetainDrop::Body).unwrap();
+        assert_eq!(r.dropped, 2);
+        assert_eq!(r.released.len(), 1, "the blob of k0 and k1 has no reference left");
+        assert_eq!(r.released[0].0, hashes[0]);
+        let old = store.entry(b"k0").unwrap().unwrap();
+        assert!(old.body_dropped && old.blob.is_empty() && old.url == "/x");
+        assert!(!store.entry(b"k2").unwrap().unwrap().body_dropped);
+        // A second pass finds nothing more to do.
+        assert_eq!(store.retain_group("g", 3, RetainDrop::Body).unwrap().dropped, 0);
+        let r = store.retain_group("g", 1, RetainDrop::Entry).unwrap();
+        assert_eq!(r.dropped, 2);
+        assert!(store.entry(b"k2").unwrap().is_none());
+        assert!(store.entry(b"k4").unwrap().is_some());
     }
 }

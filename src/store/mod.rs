@@ -16,14 +16,15 @@ use std::sync::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 pub use blob::{BlobId, BlobStore, BlobWriter};
-pub use entry::{BlobRecord, Entry, Lookup};
+pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained};
 pub use outbox::{ItemState, OutboxRecord};
 
 /// Layout version written in `meta`; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Column families: response entries, blob records, access order, metadata, the mutation outbox.
-pub const COLUMN_FAMILIES: [&str; 5] = ["entries", "blobs", "access", "meta", "outbox"];
+/// Column families: response entries, blob records, access order, metadata, the mutation outbox, and
+/// the retention-group index (group, time, entry key; added in place: older data dirs get it empty).
+pub const COLUMN_FAMILIES: [&str; 6] = ["entries", "blobs", "access", "meta", "outbox", "groups"];
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 

@@ -24,11 +24,16 @@ impl TestEnv {
 
     /// Same, letting the test adjust the config before start.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestEnv {
+        Self::start_full(DemoOptions::default(), adjust).await
+    }
+
+    /// Same, with a demo backend shaped by `opts`.
+    pub async fn start_full(opts: DemoOptions, adjust: impl FnOnce(&mut Config)) -> TestEnv {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let backend = DemoBackend::start(DemoOptions::default()).await.expect("demo backend");
+        let backend = DemoBackend::start(opts).await.expect("demo backend");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = outpost::demo::story::demo_config(&backend, dir.path()).expect("demo config");
         adjust(&mut config);
