@@ -76,6 +76,9 @@ enum Command {
         /// Control (fault knobs) address.
         #[arg(long, default_value = "127.0.0.1:9102")]
         control: SocketAddr,
+        /// Size of every audio file, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        audio_size: usize,
     },
     /// Show a running instance's status (from its admin API).
     Status {
@@ -261,12 +264,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::DemoBackend { listen, media, control } => {
+        Command::DemoBackend {
+            listen,
+            media,
+            control,
+            audio_size,
+        } => {
             init_logging(flag_format.unwrap_or(LogFormat::Text));
             let backend = DemoBackend::start(DemoOptions {
                 api: listen,
                 media,
                 control,
+                audio_size,
                 ..Default::default()
             })
             .await

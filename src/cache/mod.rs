@@ -155,6 +155,10 @@ pub struct FillInfo {
     pub retain: Option<(String, usize, RetainDrop)>,
 }
 
+/// Answers up to this size are read from their blob in one positioned read on the request's task;
+/// larger ones stream through the blocking pool in chunks.
+const SMALL_BODY: u64 = 256 * 1024;
+
 /// The cache engine.
 pub struct Cache {
     store: Arc<Store>,
@@ -356,7 +360,18 @@ impl Cache {
                     hash: hit.entry.blob.clone(),
                     reason: e.to_string(),
                 })?;
-            file_body(tokio::fs::File::from_std(file), start, len)
+            if len <= SMALL_BODY {
+                // One positioned read from the page cache costs microseconds; a blocking-pool round trip
+                // per chunk (tokio::fs) costs more than the read itself for answers this small.
+                let mut buf = BytesMut::zeroed(len as usize);
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start).map_err(|e| CacheError::Blob {
+                    hash: hit.entry.blob.clone(),
+                    reason: e.to_string(),
+                })?;
+                body::full(buf.freeze())
+            } else {
+                file_body(tokio::fs::File::from_std(file), start, len)
+            }
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;

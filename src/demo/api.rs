@@ -335,6 +335,7 @@ impl DemoState {
             return r;
         }
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let req_query = req.uri().query().unwrap_or("").to_string();
         let method = req.method().clone();
         let resp = match (&method, segs.as_slice()) {
             (&Method::GET, ["api", "v1", "health"]) => json_resp(StatusCode::OK, &json!({"ok": true})),
@@ -442,6 +443,30 @@ impl DemoState {
                     &json!({"method": method.as_str(), "bytes": n, "blake3": hasher.finalize().to_hex().to_string()}),
                 )
             }
+            (&Method::GET, ["api", "v1", "sized", n]) => match n.parse::<usize>() {
+                // A JSON body of exactly n bytes (n ≥ 10), cacheable for `max_age` seconds (default an hour):
+                // the benchmarks' 1 KiB and 200 KiB answers.
+                Ok(n) if (10..=64 << 20).contains(&n) => {
+                    let max_age = req_query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("max_age="))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(3600);
+                    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(n - 10));
+                    let mut r = json_resp(StatusCode::OK, &json!(null));
+                    *r.body_mut() = body::full(body);
+                    let h = r.headers_mut();
+                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+                        h.insert(header::CACHE_CONTROL, v);
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&format!("\"sized-{n}\"")) {
+                        h.insert(header::ETAG, v);
+                    }
+                    r
+                }
+                _ => json_resp(StatusCode::BAD_REQUEST, &json!({"error": "size must be a number from 10 to 64 MiB"})),
+            },
             (&Method::GET, ["api", "v1", "big", n]) => match n.parse::<usize>() {
                 Ok(n) => {
                     let mut r = Response::new(stream_body(audio_bytes("big", n), None));
