@@ -27,7 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bigs = Vec::new();
     for b in 0..big {
         let mut w = store.blobs().begin()?;
-        let chunk = blake3::hash(&(b as u64).to_le_bytes()).to_hex().to_string().into_bytes();
+        let chunk = blake3::hash(&(b as u64).to_le_bytes())
+            .to_hex()
+            .to_string()
+            .into_bytes();
         let mut left = 5 << 20;
         while left > 0 {
             let n = left.min(chunk.len());
@@ -61,8 +64,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             body_dropped: false,
         };
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=86400"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("public, max-age=86400"),
+        );
         h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(blob.size));
         entry.set_headers(&h);
         store.commit_entry(&k, &k, &[], &entry, blob)?;

@@ -938,7 +938,11 @@ impl RawConfig {
                             .map_err(|e| cx.err(Some(r.group.span()), &key("retain.group"), e))?;
                         let keep = *r.keep_last.get_ref();
                         if keep < 1 {
-                            return Err(cx.err(Some(r.keep_last.span()), &key("retain.keep_last"), "must be at least 1"));
+                            return Err(cx.err(
+                                Some(r.keep_last.span()),
+                                &key("retain.keep_last"),
+                                "must be at least 1",
+                            ));
                         }
                         let drop_entry = match r.drop.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
                             None | Some(("body", _)) => false,
@@ -1182,8 +1186,13 @@ mod tests {
         assert!(e.starts_with("t.toml:5: routes[0].retain.group:"), "{e}");
         assert!(e.contains("no {thread}"), "{e}");
         let e = err(&format!("{base}retain = {{ group = \"{{tid}}\", keep_last = 0 }}\n"));
-        assert!(e.starts_with("t.toml:5: routes[0].retain.keep_last: must be at least 1"), "{e}");
-        let e = err(&format!("{base}retain = {{ group = \"{{tid}}\", keep_last = 2, drop = \"all\" }}\n"));
+        assert!(
+            e.starts_with("t.toml:5: routes[0].retain.keep_last: must be at least 1"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}retain = {{ group = \"{{tid}}\", keep_last = 2, drop = \"all\" }}\n"
+        ));
         assert!(e.contains("routes[0].retain.drop: unknown value \"all\""), "{e}");
         let e = err(&format!("{base}retain = {{ keep_last = 2 }}\n"));
         assert!(e.contains("missing field `group`"), "{e}");

@@ -76,33 +76,48 @@ fn now_ms() -> u64 {
 }
 
 impl Evictor {
-    /// Loads the access order and current usage (one pass over the store).
+    /// Opens with the current usage (blob records only: cheap, so a large store starts fast). The access
+    /// order is loaded by [`Evictor::run`] in the background; nothing is evicted before it is.
     pub fn open(
         store: Arc<Store>,
         max_size: u64,
         auto_evict: bool,
         max_unused: Option<Duration>,
     ) -> Result<Evictor, StoreError> {
-        let mut keys = store.entry_access_times()?;
-        keys.sort_by_key(|(_, t)| *t);
-        let mut order = LruCache::unbounded();
-        for (k, t) in keys {
-            order.put(k, t);
-        }
-        let (_, used) = store.usage()?;
+        let used = store.blob_bytes()?;
         Ok(Evictor {
             store,
             max_size: AtomicU64::new(max_size),
             auto_evict: AtomicBool::new(auto_evict),
             used: AtomicU64::new(used),
             accepting: AtomicBool::new(true),
-            order: Mutex::new(order),
+            order: Mutex::new(LruCache::unbounded()),
             dirty: Mutex::new(Vec::new()),
             pinned: Mutex::new(HashSet::new()),
             max_unused,
             counts: Mutex::new(EvictionCounts::default()),
             wake: Notify::new(),
         })
+    }
+
+    /// Loads the persisted access order (one pass over the entries), keeping accesses recorded since
+    /// start as the most recent. Blocking.
+    fn load_order(&self) -> Result<usize, StoreError> {
+        let mut keys = self.store.entry_access_times()?;
+        keys.sort_by_key(|(_, t)| *t);
+        let mut loaded = LruCache::unbounded();
+        for (k, t) in keys {
+            loaded.put(k, t);
+        }
+        let n = loaded.len();
+        if let Ok(mut o) = self.order.lock() {
+            // Entries touched or stored since start are newer than anything persisted.
+            for (k, t) in o.iter().rev() {
+                loaded.put(k.clone(), *t);
+            }
+            *o = loaded;
+        }
+        Ok(n)
     }
 
     /// Bytes of blobs on disk.
@@ -333,6 +348,22 @@ impl Evictor {
 
     /// Background loop: evicts while over budget (with auto-evict on), persists the access order.
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let started = std::time::SystemTime::now();
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            match me.load_order() {
+                Ok(n) => tracing::debug!(entries = n, "access order loaded"),
+                Err(e) => tracing::error!(error = %e, "loading the access order failed"),
+            }
+            // Blob files renamed into place whose entry never committed (a crash) are removed; files
+            // this process created are left alone, their commit may be in flight.
+            match me.store.remove_orphan_blobs(started) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(orphans = n, "removed blob files left by an interrupted fill"),
+                Err(e) => tracing::warn!(error = %e, "removing orphan blob files failed"),
+            }
+        })
+        .await;
         tokio::pin!(stop);
         loop {
             tokio::select! {

@@ -95,11 +95,6 @@ impl Outpost {
     /// Opens the data directory, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<Outpost, StartError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
-        // Before serving: a blob renamed into place whose entry never committed (crash) is removed.
-        let orphans = store.remove_orphan_blobs()?;
-        if orphans > 0 {
-            tracing::info!(orphans, "removed blob files left by an interrupted fill");
-        }
         let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
         let listener = TcpListener::bind(config.listen)
             .await

@@ -180,8 +180,7 @@ impl Proxy {
                 self.outbox.credentials_accepted(auth);
             }
         }
-        let wants_json =
-            rewrite_base.is_some() || route.policy.pins.is_some() || route.policy.media_alias.is_some();
+        let wants_json = rewrite_base.is_some() || route.policy.pins.is_some() || route.policy.media_alias.is_some();
         if wants_json && method == Method::GET && resp.status() == StatusCode::OK {
             resp = match crate::rewrite::buffer_json(resp, route.policy.rewrite_max).await {
                 Err(untouched) => untouched,
@@ -326,47 +325,42 @@ impl Proxy {
             headers.insert(HeaderName::from_static("idempotency-key"), v);
         }
         let ordering_key = route.policy.ordering_key.as_ref().map(|t| route.expand(t));
-        let enqueue = |why: &str| {
-            let item = NewItem {
-                method: parts.method.to_string(),
-                uri: parts
-                    .uri
-                    .path_and_query()
-                    .map(|pq| pq.as_str().to_string())
-                    .unwrap_or_else(|| "/".into()),
-                headers: headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: bytes.to_vec(),
-                idempotency_key: key.clone(),
-                partition: key::partition(&parts.headers),
-                route: route.name.to_string(),
-                ordering_key: ordering_key.clone(),
-                priority: route.policy.priority,
-                invalidates: route.policy.invalidates.iter().map(|t| route.expand(t)).collect(),
-            };
-            match self.outbox.enqueue(item) {
-                Ok((id, position)) => {
-                    tracing::info!(%id, position, why, method = %parts.method, uri = %parts.uri, "write queued");
-                    (queued_response(route, &id, position, &bytes), Outcome::Bypass)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "queueing a write failed");
-                    let msg = format!("the upstream is unreachable and the write could not be queued: {e}");
-                    (
-                        json_error(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(upstream.name())),
-                        Outcome::Bypass,
-                    )
-                }
-            }
+        let new_item = || NewItem {
+            method: parts.method.to_string(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: bytes.to_vec(),
+            idempotency_key: key.clone(),
+            partition: key::partition(&parts.headers),
+            route: route.name.to_string(),
+            ordering_key: ordering_key.clone(),
+            priority: route.policy.priority,
+            invalidates: route.policy.invalidates.iter().map(|t| route.expand(t)).collect(),
+        };
+        let enqueue = |why: &'static str| {
+            self.queue_write(
+                new_item(),
+                why.to_string(),
+                route,
+                bytes.clone(),
+                upstream,
+                &parts.method,
+                &parts.uri,
+            )
         };
         if !online {
-            return enqueue("upstream offline");
+            return enqueue("upstream offline").await;
         }
         if self.outbox.has_pending_in_line(&ordering_key) {
             // Earlier writes of this line are still queued: going first would reorder them.
-            return enqueue("behind earlier queued writes");
+            return enqueue("behind earlier queued writes").await;
         }
         let mut out = Request::new(body::full(bytes.clone()));
         *out.method_mut() = parts.method.clone();
@@ -382,12 +376,56 @@ impl Proxy {
                 }
                 (resp, Outcome::Bypass)
             }
-            Err(e) if e.not_sent() => enqueue("upstream unreachable"),
+            Err(e) if e.not_sent() => enqueue("upstream unreachable").await,
             // The outcome is unknown: replaying is only safe when the app gave its own key.
             Err(e) if app_key.is_some() => {
-                enqueue(&format!("outcome unknown ({e}); the app's key makes a replay safe"))
+                let why = format!("outcome unknown ({e}); the app's key makes a replay safe");
+                self.queue_write(
+                    new_item(),
+                    why,
+                    route,
+                    bytes.clone(),
+                    upstream,
+                    &parts.method,
+                    &parts.uri,
+                )
+                .await
             }
             Err(e) => (upstream_failure(&e), Outcome::Bypass),
+        }
+    }
+
+    /// Stores a write in the outbox (off the runtime threads: the synced group commit blocks) and answers
+    /// 202 (or the route's `queued_status`), or 503 when it could not be stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_write(
+        &self,
+        item: NewItem,
+        why: String,
+        route: &RouteMatch<'_>,
+        bytes: bytes::Bytes,
+        upstream: &Arc<Upstream>,
+        method: &Method,
+        uri: &Uri,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let outbox = self.outbox.clone();
+        let stored = match tokio::task::spawn_blocking(move || outbox.enqueue(item)).await {
+            Ok(r) => r,
+            Err(e) => Err(crate::sync::QueueError::Batch(e.to_string())),
+        };
+        match stored {
+            Ok((id, position)) => {
+                tracing::info!(%id, position, why, %method, %uri, "write queued");
+                (queued_response(route, &id, position, &bytes), Outcome::Bypass)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "queueing a write failed");
+                let msg = format!("the upstream is unreachable and the write could not be queued: {e}");
+                (
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(upstream.name())),
+                    Outcome::Bypass,
+                )
+            }
         }
     }
 

@@ -284,7 +284,11 @@ async fn a_new_url_for_a_known_audio_file_id_is_answered_from_the_stored_copy() 
     assert!(new.starts_with("/media/s3/renders/v1/a1.mp3?"), "{new}");
     let r = env.get(&new).await;
     assert_eq!(r.head.status, 200);
-    assert_eq!(r.header("x-outpost-cache"), Some("HIT"), "answered from the stored copy");
+    assert_eq!(
+        r.header("x-outpost-cache"),
+        Some("HIT"),
+        "answered from the stored copy"
+    );
     assert_eq!(r.body, bytes_of("a1"));
     // Ranges work on the linked entry too, and offline.
     env.backend.set_fault(Fault::Down);
@@ -296,8 +300,16 @@ async fn a_new_url_for_a_known_audio_file_id_is_answered_from_the_stored_copy() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(env.is_stored(&media_path(&lib.body, "a5")).await);
     let state = env.backend.state();
-    assert_eq!(state.request_count("/renders/v1/a1.mp3"), 0, "no download for a known id");
-    assert_eq!(state.request_count("/renders/v1/a5.mp3"), 0, "no download for a known id");
+    assert_eq!(
+        state.request_count("/renders/v1/a1.mp3"),
+        0,
+        "no download for a known id"
+    );
+    assert_eq!(
+        state.request_count("/renders/v1/a5.mp3"),
+        0,
+        "no download for a known id"
+    );
     // One file per content on disk: exactly the two audio files.
     let audio_files = walk(&env.dir.path().join("blobs"))
         .into_iter()
@@ -307,6 +319,9 @@ async fn a_new_url_for_a_known_audio_file_id_is_answered_from_the_stored_copy() 
     let stats: serde_json::Value = outpost::admin::client::get_json(env.outpost.admin_addr(), "/api/stats")
         .await
         .unwrap();
-    assert!(stats["dedup_saved_bytes"].as_u64().unwrap_or(0) >= 2 * SIZE as u64, "{stats}");
+    assert!(
+        stats["dedup_saved_bytes"].as_u64().unwrap_or(0) >= 2 * SIZE as u64,
+        "{stats}"
+    );
     env.stop().await;
 }

@@ -219,7 +219,10 @@ fn blob_bytes_on_disk(env: &TestEnv) -> u64 {
 async fn wait_under_budget(env: &TestEnv, max: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stats(env).await["size_bytes"].as_u64().unwrap() > max {
-        assert!(Instant::now() < deadline, "eviction never brought the cache under budget");
+        assert!(
+            Instant::now() < deadline,
+            "eviction never brought the cache under budget"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -243,12 +246,16 @@ async fn mixed_kinds_past_the_budget_stay_under_it_on_disk_keeping_pins_and_lru_
     env.get("/media/s3/renders/a4.mp3").await;
     wait_under_budget(&env, max).await;
     assert!(!stored(&env, "/media/s3/renders/a3.mp3").await, "the LRU audio went");
-    assert!(stored(&env, "/media/s3/renders/a2.mp3").await, "the recently used audio stayed");
+    assert!(
+        stored(&env, "/media/s3/renders/a2.mp3").await,
+        "the recently used audio stayed"
+    );
     // More of every kind.
     for t in ["t1", "t2", "t3"] {
         env.get(&format!("/api/v1/threads/{t}/messages")).await;
         for m in 1..=4 {
-            env.get(&format!("/api/v1/threads/{t}/messages/{t}-m{m}/snapshot")).await;
+            env.get(&format!("/api/v1/threads/{t}/messages/{t}-m{m}/snapshot"))
+                .await;
         }
     }
     env.get("/media/s3/renders/a6.mp3").await;
@@ -257,11 +264,21 @@ async fn mixed_kinds_past_the_budget_stay_under_it_on_disk_keeping_pins_and_lru_
     let on_disk = blob_bytes_on_disk(&env);
     assert!(on_disk <= max, "{on_disk} bytes of blob files on disk > budget {max}");
     for pinned in ["a1", "a5"] {
-        assert!(stored(&env, &format!("/media/s3/renders/{pinned}.mp3")).await, "pinned {pinned}");
+        assert!(
+            stored(&env, &format!("/media/s3/renders/{pinned}.mp3")).await,
+            "pinned {pinned}"
+        );
     }
-    assert!(stored(&env, "/api/v1/threads/t3/messages/t3-m4/snapshot").await, "the newest stays");
+    assert!(
+        stored(&env, "/api/v1/threads/t3/messages/t3-m4/snapshot").await,
+        "the newest stays"
+    );
     let s = stats(&env).await;
-    assert_eq!(s["size_bytes"].as_u64(), Some(on_disk), "stats agree with the filesystem: {s}");
+    assert_eq!(
+        s["size_bytes"].as_u64(),
+        Some(on_disk),
+        "stats agree with the filesystem: {s}"
+    );
     env.stop().await;
 }
 
@@ -295,10 +312,17 @@ async fn retention_keeps_the_newest_50_snapshot_bodies_per_thread() {
         }
     }
     let s = stats(&env).await;
-    assert_eq!(s["kinds"]["snapshots"]["entries"], 200, "older heads are kept as metadata: {s}");
+    assert_eq!(
+        s["kinds"]["snapshots"]["entries"], 200,
+        "older heads are kept as metadata: {s}"
+    );
     assert_eq!(s["kinds"]["snapshots"]["bytes"].as_u64(), Some(kept_bytes), "{s}");
     assert_eq!(s["evictions"]["retention"]["count"], 50, "{s}");
-    assert_eq!(blob_bytes_on_disk(&env), kept_bytes, "dropped bodies are gone from the disk");
+    assert_eq!(
+        blob_bytes_on_disk(&env),
+        kept_bytes,
+        "dropped bodies are gone from the disk"
+    );
     // A dropped one asked for again comes from the network and pushes out its thread's oldest.
     let again = env.get(&snap("t1", 1)).await;
     assert_eq!(again.header("x-outpost-cache"), Some("MISS"));

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::evict::Evictor;
-use crate::store::{RetainDrop, Entry, Lookup, Store, StoreError};
+use crate::store::{Entry, Lookup, RetainDrop, Store, StoreError};
 use policy::{CacheRole, ExchangeTimes, Freshness};
 
 /// Cache failures; none of them reaches a client as such (the proxy falls back to the network).
@@ -349,25 +349,24 @@ impl Cache {
                 return Ok(resp);
             }
         };
+        let blob_err = |e: std::io::Error| CacheError::Blob {
+            hash: hit.entry.blob.clone(),
+            reason: e.to_string(),
+        };
         let body = if head_only || len == 0 {
             body::empty()
+        } else if size <= crate::store::HOT_BLOB_MAX {
+            // Small answers come from memory once read (content-addressed bytes never change).
+            let all = self.store.blobs().read_small(&hit.entry.blob, size).map_err(blob_err)?;
+            let end = (start + len).min(all.len() as u64);
+            body::full(all.slice(start.min(end) as usize..end as usize))
         } else {
-            let file = self
-                .store
-                .blobs()
-                .open_blob(&hit.entry.blob)
-                .map_err(|e| CacheError::Blob {
-                    hash: hit.entry.blob.clone(),
-                    reason: e.to_string(),
-                })?;
+            let file = self.store.blobs().open_blob(&hit.entry.blob).map_err(blob_err)?;
             if len <= SMALL_BODY {
                 // One positioned read from the page cache costs microseconds; a blocking-pool round trip
                 // per chunk (tokio::fs) costs more than the read itself for answers this small.
                 let mut buf = BytesMut::zeroed(len as usize);
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start).map_err(|e| CacheError::Blob {
-                    hash: hit.entry.blob.clone(),
-                    reason: e.to_string(),
-                })?;
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start).map_err(blob_err)?;
                 body::full(buf.freeze())
             } else {
                 file_body(tokio::fs::File::from_std(file), start, len)

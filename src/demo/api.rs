@@ -465,7 +465,10 @@ impl DemoState {
                     }
                     r
                 }
-                _ => json_resp(StatusCode::BAD_REQUEST, &json!({"error": "size must be a number from 10 to 64 MiB"})),
+                _ => json_resp(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "size must be a number from 10 to 64 MiB"}),
+                ),
             },
             (&Method::GET, ["api", "v1", "big", n]) => match n.parse::<usize>() {
                 Ok(n) => {

@@ -21,7 +21,20 @@ pub struct BlobId {
 pub struct BlobStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Contents of small, recently read blobs. Content-addressed bytes never change, so nothing here
+    /// can go stale; a deleted blob just leaves its copy to age out.
+    hot: std::sync::Mutex<HotBlobs>,
 }
+
+struct HotBlobs {
+    map: lru::LruCache<String, bytes::Bytes>,
+    bytes: usize,
+}
+
+/// Blobs up to this size are kept in memory once read.
+pub const HOT_BLOB_MAX: u64 = 64 * 1024;
+/// Memory for hot blobs.
+const HOT_BYTES: usize = 4 << 20;
 
 /// A blob being written. Dropping it without [`BlobWriter::finish`] deletes the temp file.
 pub struct BlobWriter {
@@ -64,7 +77,14 @@ impl BlobStore {
             let e = e?;
             let _ = fs::remove_file(e.path());
         }
-        Ok(BlobStore { root, tmp })
+        Ok(BlobStore {
+            root,
+            tmp,
+            hot: std::sync::Mutex::new(HotBlobs {
+                map: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+        })
     }
 
     /// Where the blob with `hash` lives. Only hashes reach the filesystem, never URL text.
@@ -111,6 +131,32 @@ impl BlobStore {
             .path(hash)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a blob hash"))?;
         File::open(path)
+    }
+
+    /// The whole content of a blob of `size` ≤ [`HOT_BLOB_MAX`] bytes, from memory when it was read
+    /// recently. Blocking (one positioned read on a miss).
+    pub fn read_small(&self, hash: &str, size: u64) -> io::Result<bytes::Bytes> {
+        if let Some(b) = self.hot.lock().ok().and_then(|mut h| h.map.get(hash).cloned()) {
+            return Ok(b);
+        }
+        let file = self.open_blob(hash)?;
+        let mut buf = vec![0u8; size as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
+        let b = bytes::Bytes::from(buf);
+        if size <= HOT_BLOB_MAX {
+            if let Ok(mut h) = self.hot.lock() {
+                if h.map.put(hash.to_string(), b.clone()).is_none() {
+                    h.bytes += b.len();
+                }
+                while h.bytes > HOT_BYTES {
+                    match h.map.pop_lru() {
+                        Some((_, old)) => h.bytes -= old.len(),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(b)
     }
 
     /// Re-reads the blob and checks its size and hash. Blocking.

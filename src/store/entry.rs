@@ -76,8 +76,8 @@ pub struct BlobRecord {
     pub refcount: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-enum Record {
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) enum Record {
     Entry(Entry),
     Vary(Vec<String>),
 }
@@ -122,17 +122,63 @@ pub struct Retained {
     pub released: Vec<(String, u64)>,
 }
 
+/// Recently read records, so a hot answer costs no RocksDB read and no decoding. Every write to
+/// `entries` goes through [`Store`], which forgets what it wrote; `gen` keeps a read that raced a write
+/// from putting the old record back.
+pub(super) struct RecordCache {
+    map: lru::LruCache<Vec<u8>, Record>,
+    gen: u64,
+}
+
+impl RecordCache {
+    pub(super) fn new(capacity: usize) -> RecordCache {
+        RecordCache {
+            map: lru::LruCache::new(
+                std::num::NonZeroUsize::new(capacity.max(1)).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            gen: 0,
+        }
+    }
+}
+
 impl Store {
     fn get_record(&self, key: &[u8]) -> Result<Option<Record>, StoreError> {
+        let gen = {
+            let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = c.map.get(key) {
+                return Ok(Some(r.clone()));
+            }
+            c.gen
+        };
         let Some(bytes) = self.db.get_pinned_cf(self.cf("entries"), key)? else {
             return Ok(None);
         };
-        match serde_json::from_slice(&bytes) {
-            Ok(r) => Ok(Some(r)),
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(r) => {
+                let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                if c.gen == gen {
+                    c.map.put(key.to_vec(), r.clone());
+                }
+                Ok(Some(r))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable cache entry ignored");
                 Ok(None)
             }
+        }
+    }
+
+    /// Drops cached records after a write to `entries` (`None`: all of them).
+    fn forget(&self, keys: Option<&[&[u8]]>) {
+        let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        c.gen += 1;
+        match keys {
+            Some(keys) => {
+                for k in keys {
+                    c.map.pop(*k);
+                }
+            }
+            None => c.map.clear(),
         }
     }
 
@@ -215,6 +261,7 @@ impl Store {
         }
         batch.put_cf(entries, key, Self::encode(&Record::Entry(entry.clone())));
         self.db.write(batch)?;
+        self.forget(Some(&[primary, key]));
         Ok(new_blob)
     }
 
@@ -222,6 +269,7 @@ impl Store {
     pub fn update_entry(&self, key: &[u8], entry: &Entry) -> Result<(), StoreError> {
         self.db
             .put_cf(self.cf("entries"), key, Self::encode(&Record::Entry(entry.clone())))?;
+        self.forget(Some(&[key]));
         Ok(())
     }
 
@@ -230,6 +278,7 @@ impl Store {
         let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(old) = self.entry(key)? else {
             self.db.delete_cf(self.cf("entries"), key)?;
+            self.forget(Some(&[key]));
             return Ok(());
         };
         let mut batch = rocksdb::WriteBatch::default();
@@ -242,6 +291,7 @@ impl Store {
             batch.put_cf(self.cf("blobs"), old.blob.as_bytes(), Self::encode(&r));
         }
         self.db.write(batch)?;
+        self.forget(Some(&[key]));
         Ok(())
     }
 
@@ -271,6 +321,7 @@ impl Store {
         }
         if n > 0 {
             self.db.write(batch)?;
+            self.forget(None);
         }
         Ok(n)
     }
@@ -300,7 +351,9 @@ impl Store {
         let mut records: std::collections::HashMap<String, BlobRecord> = std::collections::HashMap::new();
         for idx in &members[..excess] {
             batch.delete_cf(groups, idx);
-            let Some(entry_key) = idx.get(prefix.len() + 8..) else { continue };
+            let Some(entry_key) = idx.get(prefix.len() + 8..) else {
+                continue;
+            };
             let Some(mut e) = self.entry(entry_key)? else { continue };
             if e.body_dropped {
                 continue;
@@ -330,6 +383,7 @@ impl Store {
             }
         }
         self.db.write(batch)?;
+        self.forget(None);
         Ok(out)
     }
 
@@ -340,15 +394,33 @@ impl Store {
 
     /// Removes blob files that no record knows (a crash between rename and commit leaves them).
     /// Blocking; run off the request path.
-    pub fn remove_orphan_blobs(&self) -> Result<usize, StoreError> {
+    pub fn remove_orphan_blobs(&self, older_than: std::time::SystemTime) -> Result<usize, StoreError> {
         let mut removed = 0;
         for (hash, _) in self.blobs.list()? {
-            if self.blob_record(&hash)?.is_none() {
+            let old = self
+                .blobs
+                .path(&hash)
+                .and_then(|p| std::fs::metadata(p).ok())
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| t < older_than);
+            if old && self.blob_record(&hash)?.is_none() {
                 self.blobs.remove(&hash)?;
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+
+    /// Total bytes of the blob records (one pass over `blobs` only).
+    pub fn blob_bytes(&self) -> Result<u64, StoreError> {
+        let mut bytes = 0u64;
+        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+            let (_, v) = item?;
+            if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
+                bytes += r.size;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Number of entries and total blob bytes (for status; walks the column families).

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
-pub use blob::{BlobId, BlobStore, BlobWriter};
+pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained};
 pub use outbox::{ItemState, OutboxRecord};
 
@@ -73,6 +73,8 @@ pub struct Store {
     blobs: BlobStore,
     /// Serialises read-modify-write of blob refcounts; held only around a WriteBatch.
     commit_lock: Mutex<()>,
+    /// Hot records (see [`entry::RecordCache`]).
+    records: Mutex<entry::RecordCache>,
     // Held for the process lifetime: the OS lock is what keeps a second instance out.
     _lock: File,
 }
@@ -102,15 +104,29 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(3);
         opts.set_max_log_file_size(1 << 20);
+        // A sidecar on a phone or laptop: one small block cache shared by every family and small
+        // memtables, instead of RocksDB's server-sized defaults (a cache and 64 MB memtables per family).
+        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(4 << 20);
+            o.set_max_write_buffer_number(2);
+            o
+        };
+        opts.set_block_based_table_factory(&table);
         let cfs = COLUMN_FAMILIES
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
             blobs: BlobStore::open(dir)?,
             commit_lock: Mutex::new(()),
+            records: Mutex::new(entry::RecordCache::new(4096)),
             _lock: lock,
         };
         store.check_schema()?;

@@ -49,6 +49,9 @@ pub enum QueueError {
     /// No item with that id.
     #[error("no queued item {0}")]
     NotFound(String),
+    /// The group commit this write was part of failed: the write was NOT queued.
+    #[error("outbox write failed: {0}")]
+    Batch(String),
 }
 
 /// Current Unix time in ms.
@@ -69,10 +72,17 @@ pub struct Outbox {
     credentials: Mutex<HashMap<String, HeaderValue>>,
     /// In-memory mirror of what is pending, so the request path never scans the store.
     index: Mutex<Index>,
-    /// Serialises enqueue decisions with replay removals, so order checks see a consistent queue.
+    /// Serialises enqueue decisions with replay removals, so order checks see a consistent queue. Held
+    /// by the group-commit leader around one synced batch.
     order_lock: Mutex<()>,
+    /// Writes waiting for the next group commit, each with the slot its answer goes to.
+    waiting: Mutex<Vec<(NewItem, AnswerSlot)>>,
     wake: Notify,
 }
+
+type EnqueueResult = Result<(String, usize), String>;
+/// Where a group commit leaves one write's answer.
+type AnswerSlot = Arc<Mutex<Option<EnqueueResult>>>;
 
 #[derive(Default)]
 struct Index {
@@ -80,6 +90,8 @@ struct Index {
     paths: HashMap<String, usize>,
     /// Pending items: seq → ordering line.
     pending: std::collections::BTreeMap<u64, Option<String>>,
+    /// Pending items per ordering line (`None` = the global line), so order checks are O(1).
+    lines: HashMap<Option<String>, usize>,
 }
 
 /// What `enqueue` needs from the request path.
@@ -118,6 +130,7 @@ impl Outbox {
             credentials: Mutex::new(HashMap::new()),
             index: Mutex::new(Index::default()),
             order_lock: Mutex::new(()),
+            waiting: Mutex::new(Vec::new()),
             wake: Notify::new(),
         };
         for item in outbox.store.outbox_all()? {
@@ -135,10 +148,17 @@ impl Outbox {
 
     fn count_paths(&self, item: &OutboxRecord, add: isize) {
         let mut ix = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        if add > 0 {
-            ix.pending.insert(item.seq, item.ordering_key.clone());
+        let changed = if add > 0 {
+            ix.pending.insert(item.seq, item.ordering_key.clone()).is_none()
         } else {
-            ix.pending.remove(&item.seq);
+            ix.pending.remove(&item.seq).is_some()
+        };
+        if changed {
+            let n = ix.lines.entry(item.ordering_key.clone()).or_insert(0);
+            *n = n.saturating_add_signed(add);
+            if *n == 0 {
+                ix.lines.remove(&item.ordering_key);
+            }
         }
         let own = item.uri.split('?').next().unwrap_or("").to_string();
         for path in std::iter::once(own).chain(item.invalidates.iter().cloned()) {
@@ -163,44 +183,75 @@ impl Outbox {
     pub fn has_pending_in_line(&self, ordering_key: &Option<String>) -> bool {
         self.index
             .lock()
-            .map(|ix| {
-                ix.pending
-                    .values()
-                    .any(|k| ordering_key.is_none() || k.is_none() || k == ordering_key)
+            .map(|ix| match ordering_key {
+                None => !ix.pending.is_empty(),
+                Some(_) => ix.lines.contains_key(&None) || ix.lines.contains_key(ordering_key),
             })
             .unwrap_or(true)
     }
 
     /// Stores a write durably (synced) and returns its id and 1-based position among pending items.
+    /// Blocking. Concurrent callers share one synced batch (group commit): whoever takes the commit
+    /// lock writes everything waiting, in arrival order, so one fsync acknowledges many writes.
     pub fn enqueue(&self, new: NewItem) -> Result<(String, usize), QueueError> {
+        let slot = Arc::new(Mutex::new(None));
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((new, slot.clone()));
         let _order = self.order_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let answered = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(r) = answered {
+            // An earlier leader committed this write with its batch.
+            return r.map_err(QueueError::Batch);
+        }
+        let batch = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
         let now = now_ms();
-        let item = OutboxRecord {
-            id: format!("q{seq}"),
-            seq,
-            method: new.method,
-            uri: new.uri,
-            headers: new.headers,
-            body: new.body,
-            idempotency_key: new.idempotency_key,
-            partition: new.partition,
-            route: new.route,
-            ordering_key: new.ordering_key,
-            priority: new.priority,
-            invalidates: new.invalidates,
-            enqueued_ms: now,
-            attempts: 0,
-            next_try_ms: now,
-            last_error: None,
-            state: ItemState::Pending,
-            response: None,
-        };
-        self.store.outbox_put(&item)?;
-        self.count_paths(&item, 1);
-        let position = self.depth();
-        self.wake.notify_one();
-        Ok((item.id, position))
+        let mut records = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        for (new, slot) in batch {
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            records.push(OutboxRecord {
+                id: format!("q{seq}"),
+                seq,
+                method: new.method,
+                uri: new.uri,
+                headers: new.headers,
+                body: new.body,
+                idempotency_key: new.idempotency_key,
+                partition: new.partition,
+                route: new.route,
+                ordering_key: new.ordering_key,
+                priority: new.priority,
+                invalidates: new.invalidates,
+                enqueued_ms: now,
+                attempts: 0,
+                next_try_ms: now,
+                last_error: None,
+                state: ItemState::Pending,
+                response: None,
+            });
+            slots.push(slot);
+        }
+        match self.store.outbox_put_all(&records) {
+            Ok(()) => {
+                for (item, slot) in records.iter().zip(&slots) {
+                    self.count_paths(item, 1);
+                    let position = self.depth();
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok((item.id.clone(), position)));
+                }
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for slot in &slots {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(msg.clone()));
+                }
+            }
+        }
+        let mine = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        mine.unwrap_or_else(|| Err("group commit lost this write".into()))
+            .map_err(QueueError::Batch)
     }
 
     /// All items (pending, dead letters, overridden), in order.
