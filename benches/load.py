@@ -23,6 +23,8 @@ BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target
 OUTPOST = os.path.join(BIN, "outpost")
 FILL = os.path.join(BIN, "examples", "fill_store")
 RUNS = int(os.environ.get("RUNS", "5"))
+# ONLY=1,2,3 runs just those scenarios (for profiling; the recorded table runs all).
+ONLY = {int(x) for x in os.environ.get("ONLY", "1,2,3,4,5,6,7").split(",") if x.strip()}
 DURATION = os.environ.get("DURATION", "5s")
 THREADS = os.cpu_count() or 2
 AUDIO = 5 * 1024 * 1024
@@ -284,6 +286,8 @@ end
             ("3. 5 MB audio as 64 KiB ranges, 64 conns", audio, 64, ranges, "mbps"),
         ]
         for title, path, conns, script, unit in scenarios:
+            if int(title[0]) not in ONLY:
+                continue
             res = {op.name: [], ng.name: []}
             for _ in range(RUNS):
                 for proxy in (op, ng):
@@ -303,6 +307,8 @@ end
                      f"new connection each): median {statistics.median(fb):.2f} ms, p99 {fb[197]:.2f} ms, "
                      f"max {fb[-1]:.2f} ms.")
 
+        if 4 not in ONLY:
+            return finish(rows, notes, peak, [], [], op, ng, origin, work)
         # 4. Offline: the origin black-holed; stale answers served.
         time.sleep(1.5)
         origin.fault("black_hole")
@@ -345,7 +351,22 @@ wrk.headers["Content-Type"] = "application/json"
         op.stop()
         ng.stop()
 
-    # 6. Cold start with 100k entries and 1 GiB of blobs; 7. RSS at rest.
+    return finish(rows, notes, peak, None, None, None, None, origin, work)
+
+
+def finish(rows, notes, peak, starts, rest, op_, ng_, origin, work):
+    """Cold start (6) and RSS at rest (7) unless skipped, then the table."""
+    if op_ is not None:
+        op_.stop()
+        ng_.stop()
+    if starts is None:
+        starts, rest = cold_start(origin, work)
+    origin.stop()
+    table(rows, notes, peak, starts, rest)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def cold_start(origin, work):
     cold_dir = os.path.join(ROOT, "target", "bench", "cold-100k")
     if not os.path.exists(os.path.join(cold_dir, "db")):
         os.makedirs(os.path.dirname(cold_dir), exist_ok=True)
@@ -363,8 +384,11 @@ wrk.headers["Content-Type"] = "application/json"
         time.sleep(1)
         rest.append(o.rss_kb())
         o.stop()
-    origin.stop()
+    return starts, rest
 
+
+def table(rows, notes, peak, starts, rest):
+    op, ng = Outpost, Nginx
     lines = ["| scenario | Outpost | nginx | ratio (Outpost/nginx) |", "|---|---|---|---|"]
     for title, unit, res in rows:
         o_v = median([r[unit] for r in res[op.name]])
@@ -382,24 +406,25 @@ wrk.headers["Content-Type"] = "application/json"
         else:
             lines.append(f"| {title}: {label} | {fmt(o_v)} | n/a | n/a |")
             lines.append(f"| {title}: p99 / max ms | {o_p:.2f} / {o_m:.1f} | n/a | n/a |")
-    lines.append(f"| 6. cold start to first cached byte, 100k entries + 1 GiB blobs: ms | {median(starts):.0f} | n/a | n/a |")
+    if starts:
+        lines.append(f"| 6. cold start to first cached byte, 100k entries + 1 GiB blobs: ms | {median(starts):.0f} | n/a | n/a |")
     lines.append(f"| 7. peak RSS during 1-3: MiB | {peak[op.name] / 1024:.1f} | {peak[ng.name] / 1024:.1f} "
                  f"| {peak[op.name] / max(peak[ng.name], 1):.2f}× |")
-    lines.append(f"| 7. RSS at rest with 100k entries: MiB | {median(rest) / 1024:.1f} | n/a | n/a |")
+    if rest:
+        lines.append(f"| 7. RSS at rest with 100k entries: MiB | {median(rest) / 1024:.1f} | n/a | n/a |")
     machine = subprocess.run("lscpu | grep 'Model name' | sed 's/.*: *//'; nproc; uname -r; nginx -v 2>&1; wrk -v 2>&1 | head -1",
                              shell=True, capture_output=True, text=True).stdout.split("\n")
     head = (f"Machine: {machine[0].strip()}, {machine[1].strip()} cores, Linux {machine[2].strip()}; "
             f"{machine[3].strip()}; {machine[4].strip()}. {RUNS} runs of {DURATION} per scenario and proxy, "
             f"alternating; medians (max = worst over all runs); wrk -t{THREADS} shares the cores.")
     text = "\n".join([head, "", *lines, "", *notes, "",
-                      "Cold-start runs (ms): " + ", ".join(f"{s:.0f}" for s in starts)])
+                      "Cold-start runs (ms): " + ", ".join(f"{s:.0f}" for s in (starts or []))])
     print()
     print(text)
     out = os.path.join(ROOT, "target", "bench", "results.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text + "\n")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

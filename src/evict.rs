@@ -64,7 +64,8 @@ pub struct Evictor {
     used: AtomicU64,
     accepting: AtomicBool,
     order: Mutex<LruCache<Vec<u8>, u64>>,
-    dirty: Mutex<Vec<(Vec<u8>, u64)>>,
+    /// Accesses not yet persisted, one slot per key (a hot key costs no memory per hit).
+    dirty: Mutex<std::collections::HashMap<Vec<u8>, u64>>,
     pinned: Mutex<HashSet<Vec<u8>>>,
     max_unused: Option<Duration>,
     counts: Mutex<EvictionCounts>,
@@ -92,7 +93,7 @@ impl Evictor {
             used: AtomicU64::new(used),
             accepting: AtomicBool::new(true),
             order: Mutex::new(LruCache::unbounded()),
-            dirty: Mutex::new(Vec::new()),
+            dirty: Mutex::new(std::collections::HashMap::new()),
             pinned: Mutex::new(HashSet::new()),
             max_unused,
             counts: Mutex::new(EvictionCounts::default()),
@@ -168,7 +169,12 @@ impl Evictor {
             }
         }
         if let Ok(mut d) = self.dirty.lock() {
-            d.push((key.to_vec(), now));
+            match d.get_mut(key) {
+                Some(t) => *t = now,
+                None => {
+                    d.insert(key.to_vec(), now);
+                }
+            }
         }
     }
 
@@ -336,7 +342,7 @@ impl Evictor {
         let batch: Vec<(Vec<u8>, u64)> = self
             .dirty
             .lock()
-            .map(|mut d| std::mem::take(&mut *d))
+            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
             .unwrap_or_default();
         if batch.is_empty() {
             return;

@@ -85,6 +85,17 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Check a data directory: every blob re-hashed, entries, refcounts, indexes, outbox. Exits 1 when it
+    /// found problems it did not repair. Outpost must not be running on the data dir.
+    Verify {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Fix what can be fixed: drop corrupt and orphan blobs and the entries that lost their body,
+        /// rewrite refcounts, remove stale index keys. Queued writes are never deleted.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Import an existing on-disk audio cache (url → file mapping) into the store. Outpost must not be
     /// running on the data dir.
     Import {
@@ -181,6 +192,29 @@ enum QueueAction {
     Pause,
     /// Start replaying again.
     Resume,
+}
+
+fn print_verify(r: &outpost::store::VerifyReport, temp_files: usize) {
+    println!(
+        "checked {} blob files, {} entries, {} queued writes",
+        r.blob_files, r.entries, r.outbox_items
+    );
+    let rows = [
+        ("orphan blob files", r.orphan_files),
+        ("corrupt blobs", r.corrupt_blobs),
+        ("missing blobs", r.missing_blobs),
+        ("entries without a body", r.entries_without_body),
+        ("undecodable entries", r.undecodable_entries),
+        ("wrong refcounts", r.refcounts_wrong),
+        ("stale index keys", r.stale_index_keys),
+        ("undecodable queued writes (kept)", r.undecodable_outbox_items),
+    ];
+    for (what, n) in rows {
+        println!("  {what:<34} {n}");
+    }
+    if temp_files > 0 {
+        println!("  {:<34} {temp_files} (removed on open)", "temp files of interrupted fills");
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -324,6 +358,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => println!("admin token: not readable here ({e:#})"),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { data_dir, repair } => {
+            init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let tmp = std::fs::read_dir(data_dir.join("blobs").join("tmp"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            let store = outpost::store::Store::open(&data_dir)
+                .with_context(|| format!("opening {}", data_dir.display()))?;
+            let report = store.verify(repair).context("verifying")?;
+            print_verify(&report, tmp);
+            if report.problems() == 0 {
+                println!("clean");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !repair {
+                println!("{} problems found; run with --repair to fix them", report.problems());
+                return Ok(ExitCode::from(1));
+            }
+            let after = store.verify(false).context("verifying after repair")?;
+            if after.problems() == 0 {
+                println!("repaired {} problems; now clean", report.problems());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                print_verify(&after, 0);
+                println!("{} problems remain after repair", after.problems());
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Import {
             dir,

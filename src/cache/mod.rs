@@ -360,17 +360,18 @@ impl Cache {
             let all = self.store.blobs().read_small(&hit.entry.blob, size).map_err(blob_err)?;
             let end = (start + len).min(all.len() as u64);
             body::full(all.slice(start.min(end) as usize..end as usize))
+        } else if len <= SMALL_BODY {
+            // One positioned read from the page cache costs microseconds; a blocking-pool round trip per
+            // chunk (tokio::fs) costs more than the read itself for answers this small (audio ranges).
+            body::full(
+                self.store
+                    .blobs()
+                    .read_range(&hit.entry.blob, start, len as usize)
+                    .map_err(blob_err)?,
+            )
         } else {
             let file = self.store.blobs().open_blob(&hit.entry.blob).map_err(blob_err)?;
-            if len <= SMALL_BODY {
-                // One positioned read from the page cache costs microseconds; a blocking-pool round trip
-                // per chunk (tokio::fs) costs more than the read itself for answers this small.
-                let mut buf = BytesMut::zeroed(len as usize);
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start).map_err(blob_err)?;
-                body::full(buf.freeze())
-            } else {
-                file_body(tokio::fs::File::from_std(file), start, len)
-            }
+            file_body(tokio::fs::File::from_std(file), start, len)
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;

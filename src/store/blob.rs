@@ -24,7 +24,13 @@ pub struct BlobStore {
     /// Contents of small, recently read blobs. Content-addressed bytes never change, so nothing here
     /// can go stale; a deleted blob just leaves its copy to age out.
     hot: std::sync::Mutex<HotBlobs>,
+    /// Open read handles of recently read blobs (range reads of audio hit the same files over and over).
+    /// A removed blob's handle is dropped with it, so its disk space is freed.
+    handles: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<File>>>,
 }
+
+/// Open blob handles kept.
+const HANDLES: usize = 64;
 
 struct HotBlobs {
     map: lru::LruCache<String, bytes::Bytes>,
@@ -32,9 +38,9 @@ struct HotBlobs {
 }
 
 /// Blobs up to this size are kept in memory once read.
-pub const HOT_BLOB_MAX: u64 = 64 * 1024;
+pub const HOT_BLOB_MAX: u64 = 256 * 1024;
 /// Memory for hot blobs.
-const HOT_BYTES: usize = 4 << 20;
+const HOT_BYTES: usize = 8 << 20;
 
 /// A blob being written. Dropping it without [`BlobWriter::finish`] deletes the temp file.
 pub struct BlobWriter {
@@ -84,6 +90,9 @@ impl BlobStore {
                 map: lru::LruCache::unbounded(),
                 bytes: 0,
             }),
+            handles: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         })
     }
 
@@ -131,6 +140,24 @@ impl BlobStore {
             .path(hash)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a blob hash"))?;
         File::open(path)
+    }
+
+    /// `len` bytes at `offset` of a blob, through a cached read handle. Blocking (one positioned read).
+    pub fn read_range(&self, hash: &str, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
+        let cached = self.handles.lock().ok().and_then(|mut h| h.get(hash).cloned());
+        let file = match cached {
+            Some(f) => f,
+            None => {
+                let f = std::sync::Arc::new(self.open_blob(hash)?);
+                if let Ok(mut h) = self.handles.lock() {
+                    h.put(hash.to_string(), f.clone());
+                }
+                f
+            }
+        };
+        let mut buf = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
+        Ok(bytes::Bytes::from(buf))
     }
 
     /// The whole content of a blob of `size` ≤ [`HOT_BLOB_MAX`] bytes, from memory when it was read
@@ -183,6 +210,14 @@ impl BlobStore {
 
     /// Deletes a blob file (missing is fine).
     pub fn remove(&self, hash: &str) -> io::Result<()> {
+        if let Ok(mut h) = self.handles.lock() {
+            h.pop(hash);
+        }
+        if let Ok(mut h) = self.hot.lock() {
+            if let Some(b) = h.map.pop(hash) {
+                h.bytes -= b.len();
+            }
+        }
         match self.path(hash).map(fs::remove_file) {
             Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -169,7 +169,7 @@ impl Store {
     }
 
     /// Drops cached records after a write to `entries` (`None`: all of them).
-    fn forget(&self, keys: Option<&[&[u8]]>) {
+    pub(super) fn forget(&self, keys: Option<&[&[u8]]>) {
         let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
         c.gen += 1;
         match keys {

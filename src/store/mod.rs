@@ -8,6 +8,7 @@
 mod blob;
 mod entry;
 mod outbox;
+mod verify;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained};
 pub use outbox::{ItemState, OutboxRecord};
+pub use verify::VerifyReport;
 
 /// Layout version written in `meta`; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;

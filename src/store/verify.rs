@@ -1,0 +1,193 @@
+//! `outpost verify`: a full consistency check of a data directory, and its repair.
+//!
+//! Checks every blob file against its name (BLAKE3 of the bytes) and its record, every entry against the
+//! blob it points at, every refcount against the entries that really reference the blob, the retention
+//! index against the entries, and that every outbox record decodes. Repair deletes what cannot be
+//! trusted (corrupt or orphan blob files, entries whose body is gone, undecodable entries, stale index
+//! keys) and rewrites refcounts; an entry dropped here is only a future cache miss. Outbox records are
+//! never deleted: they are the user's writes, so an undecodable one is reported for a person to look at.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::entry::Record;
+use super::{BlobId, BlobRecord, Store, StoreError};
+
+/// What a verify pass found (and, with repair, fixed).
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Blob files read and hashed.
+    pub blob_files: u64,
+    /// Entries read.
+    pub entries: u64,
+    /// Outbox records read.
+    pub outbox_items: u64,
+    /// Blob files no record knows.
+    pub orphan_files: u64,
+    /// Blob files whose bytes do not hash to their name, or whose size differs from the record.
+    pub corrupt_blobs: u64,
+    /// Blob records without a file.
+    pub missing_blobs: u64,
+    /// Entries pointing at a missing or corrupt blob.
+    pub entries_without_body: u64,
+    /// Entries that do not decode.
+    pub undecodable_entries: u64,
+    /// Blob records whose refcount differed from the entries that reference them.
+    pub refcounts_wrong: u64,
+    /// Retention-index keys pointing at no entry.
+    pub stale_index_keys: u64,
+    /// Outbox records that do not decode (never deleted).
+    pub undecodable_outbox_items: u64,
+}
+
+impl VerifyReport {
+    /// Problems found (counts of things that are wrong).
+    pub fn problems(&self) -> u64 {
+        self.orphan_files
+            + self.corrupt_blobs
+            + self.missing_blobs
+            + self.entries_without_body
+            + self.undecodable_entries
+            + self.refcounts_wrong
+            + self.stale_index_keys
+            + self.undecodable_outbox_items
+    }
+}
+
+impl Store {
+    /// Checks the whole data directory; with `repair`, fixes what it can (see the module docs).
+    /// Blocking; reads every blob file.
+    pub fn verify(&self, repair: bool) -> Result<VerifyReport, StoreError> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = VerifyReport::default();
+
+        // Blob files: is each one what its name says, and known?
+        let mut good: HashSet<String> = HashSet::new();
+        let mut bad: HashSet<String> = HashSet::new();
+        let mut records: HashMap<String, BlobRecord> = HashMap::new();
+        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let hash = String::from_utf8_lossy(&k).into_owned();
+            match serde_json::from_slice::<BlobRecord>(&v) {
+                Ok(r) => {
+                    records.insert(hash, r);
+                }
+                Err(_) => {
+                    // An unreadable record: its blob is treated as unknown and rebuilt below if referenced.
+                    bad.insert(hash);
+                }
+            }
+        }
+        for (hash, size) in self.blobs.list()? {
+            report.blob_files += 1;
+            let Some(rec) = records.get(&hash) else {
+                report.orphan_files += 1;
+                if repair {
+                    self.blobs.remove(&hash)?;
+                }
+                continue;
+            };
+            let ok = size == rec.size
+                && self.blobs.verify(&BlobId {
+                    hash: hash.clone(),
+                    size: rec.size,
+                })?;
+            if ok {
+                good.insert(hash);
+            } else {
+                report.corrupt_blobs += 1;
+                bad.insert(hash);
+            }
+        }
+        for hash in records.keys() {
+            if !good.contains(hash) && !bad.contains(hash) {
+                report.missing_blobs += 1;
+                bad.insert(hash.clone());
+            }
+        }
+
+        // Entries: does each point at a good blob? Count the real references.
+        let mut refs: HashMap<String, u64> = HashMap::new();
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut entry_keys: HashSet<Vec<u8>> = HashSet::new();
+        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            match serde_json::from_slice::<Record>(&v) {
+                Ok(Record::Vary(_)) => {}
+                Ok(Record::Entry(e)) => {
+                    report.entries += 1;
+                    if e.body_dropped {
+                        entry_keys.insert(k.to_vec());
+                        continue;
+                    }
+                    if good.contains(&e.blob) {
+                        *refs.entry(e.blob.clone()).or_default() += 1;
+                        entry_keys.insert(k.to_vec());
+                    } else {
+                        report.entries_without_body += 1;
+                        batch.delete_cf(self.cf("entries"), &k);
+                    }
+                }
+                Err(_) => {
+                    report.undecodable_entries += 1;
+                    batch.delete_cf(self.cf("entries"), &k);
+                }
+            }
+        }
+
+        // Refcounts must equal the references just counted; bad blobs go entirely.
+        for (hash, rec) in &records {
+            if bad.contains(hash) {
+                batch.delete_cf(self.cf("blobs"), hash.as_bytes());
+                continue;
+            }
+            let real = refs.get(hash).copied().unwrap_or(0);
+            if rec.refcount != real {
+                report.refcounts_wrong += 1;
+                let fixed = BlobRecord {
+                    size: rec.size,
+                    refcount: real,
+                };
+                batch.put_cf(self.cf("blobs"), hash.as_bytes(), serde_json::to_vec(&fixed).unwrap_or_default());
+            }
+        }
+        for hash in &bad {
+            if !records.contains_key(hash) {
+                // An undecodable record.
+                batch.delete_cf(self.cf("blobs"), hash.as_bytes());
+            }
+        }
+
+        // The retention index: every key names an entry (group, 0, 8-byte time, entry key).
+        for item in self.db.iterator_cf(self.cf("groups"), rocksdb::IteratorMode::Start) {
+            let (k, _) = item?;
+            let entry_key = k.iter().position(|b| *b == 0).and_then(|i| k.get(i + 9..));
+            if entry_key.is_none_or(|ek| !entry_keys.contains(ek)) {
+                report.stale_index_keys += 1;
+                batch.delete_cf(self.cf("groups"), &k);
+            }
+        }
+
+        // The outbox: report, never delete.
+        for item in self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            report.outbox_items += 1;
+            if serde_json::from_slice::<super::OutboxRecord>(&v).is_err() {
+                report.undecodable_outbox_items += 1;
+                tracing::error!(key = ?k, "undecodable outbox record (kept; needs a person)");
+            }
+        }
+
+        if repair && report.problems() > 0 {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(batch, &wo)?;
+            for hash in &bad {
+                self.blobs.remove(hash)?;
+            }
+            self.forget(None);
+        }
+        Ok(report)
+    }
+}
