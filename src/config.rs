@@ -65,6 +65,7 @@ pub struct RawConfig {
     max_size: Option<Spanned<String>>,
     default_upstream: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
     log_format: Option<Spanned<String>>,
     #[serde(default)]
     cache: RawCache,
@@ -469,6 +470,10 @@ pub struct Config {
     /// Deadline for in-flight requests at shutdown.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
+    /// A client must send its whole request head within this time (slowloris guard; also the idle
+    /// limit between requests on a kept-alive connection).
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Cache-wide settings.
@@ -638,6 +643,11 @@ impl RawConfig {
             (None, None) => parse_size(DEFAULT_MAX_SIZE).map_err(|r| flag.err(None, "max_size", r))?,
         };
         let shutdown_grace = cx.duration(&self.shutdown_grace, "shutdown_grace", Duration::from_secs(10))?;
+        let header_read_timeout = cx.duration(
+            &self.header_read_timeout,
+            "header_read_timeout",
+            Duration::from_secs(10),
+        )?;
         let log_format = match self.log_format.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
             None | Some(("text", _)) => LogFormat::Text,
             Some(("json", _)) => LogFormat::Json,
@@ -1032,6 +1042,7 @@ impl RawConfig {
             data_dir,
             max_size,
             shutdown_grace,
+            header_read_timeout,
             log_format,
             queue: {
                 let d = QueueSettings::default();

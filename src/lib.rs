@@ -168,6 +168,7 @@ impl Outpost {
             listener,
             shutdown.clone(),
             config.shutdown_grace,
+            config.header_read_timeout,
             move |req, peer| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req, peer).await }
@@ -193,6 +194,7 @@ impl Outpost {
             admin_listener,
             shutdown.clone(),
             config.shutdown_grace,
+            config.header_read_timeout,
             move |req, _peer| {
                 let admin = admin.clone();
                 async move { admin.handle(req).await }

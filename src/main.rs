@@ -213,7 +213,10 @@ fn print_verify(r: &outpost::store::VerifyReport, temp_files: usize) {
         println!("  {what:<34} {n}");
     }
     if temp_files > 0 {
-        println!("  {:<34} {temp_files} (removed on open)", "temp files of interrupted fills");
+        println!(
+            "  {:<34} {temp_files} (removed on open)",
+            "temp files of interrupted fills"
+        );
     }
 }
 
@@ -364,8 +367,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tmp = std::fs::read_dir(data_dir.join("blobs").join("tmp"))
                 .map(|d| d.count())
                 .unwrap_or(0);
-            let store = outpost::store::Store::open(&data_dir)
-                .with_context(|| format!("opening {}", data_dir.display()))?;
+            let store =
+                outpost::store::Store::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
             let report = store.verify(repair).context("verifying")?;
             print_verify(&report, tmp);
             if report.problems() == 0 {

@@ -128,7 +128,10 @@ impl Proxy {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         if let Err(reason) = check_request(&req) {
-            let resp = json_error(StatusCode::BAD_REQUEST, reason, None);
+            let mut resp = json_error(StatusCode::BAD_REQUEST, reason, None);
+            // Whatever follows on this connection cannot be trusted to start where we think it does.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             log_line(&method, &path, "-", "-", resp.status(), Outcome::Bypass, started);
             return resp;
         }

@@ -67,6 +67,7 @@ impl Server {
         listener: TcpListener,
         shutdown: ShutdownSignal,
         grace: Duration,
+        header_read_timeout: Duration,
         handler: H,
     ) -> Server
     where
@@ -79,7 +80,7 @@ impl Server {
                 .http1()
                 .timer(TokioTimer::new())
                 // Slowloris: a client must finish its request head within this time.
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(header_read_timeout)
                 .max_buf_size(256 * 1024);
             let graceful = GracefulShutdown::new();
             let stop = shutdown.triggered();

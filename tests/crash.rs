@@ -37,7 +37,9 @@ fn start(config: &std::path::Path) -> Running {
         .expect("spawn outpost");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
     // "outpost listening on http://A (admin http://B)"
     let mut parts = line.split("http://").skip(1);
     let addr = parts.next().and_then(|p| p.split_whitespace().next()).unwrap_or("");
@@ -71,13 +73,14 @@ async fn load(
     snapshots: Arc<HashMap<String, Vec<u8>>>,
     seen: Arc<Mutex<Seen>>,
 ) {
-    let mut tasks = Vec::new();
+    // A JoinSet aborts its tasks when dropped, i.e. when this load is aborted at the kill.
+    let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..4 {
         let base = base.clone();
         let client = client.clone();
         let snapshots = snapshots.clone();
         let seen = seen.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             for n in 0.. {
                 let pick = rand::rng().random_range(0..10);
                 if worker == 0 && pick < 6 {
@@ -121,7 +124,10 @@ async fn load(
                     }
                 };
                 let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", r.as_str())).collect();
-                let Ok(r) = client.call(http::Method::GET, &format!("{base}{path}"), &headers, None).await else {
+                let Ok(r) = client
+                    .call(http::Method::GET, &format!("{base}{path}"), &headers, None)
+                    .await
+                else {
                     continue;
                 };
                 let status = r.head.status.as_u16();
@@ -135,15 +141,14 @@ async fn load(
                         r.body.len() == AUDIO
                     };
                     if !ok {
-                        s.bad_bodies.push(format!("{path} {range:?} -> {status}, {} bytes", r.body.len()));
+                        s.bad_bodies
+                            .push(format!("{path} {range:?} -> {status}, {} bytes", r.body.len()));
                     }
                 }
             }
-        }));
+        });
     }
-    for t in tasks {
-        let _ = t.await;
-    }
+    while tasks.join_next().await.is_some() {}
 }
 
 fn config(dir: &std::path::Path, backend: &DemoBackend) -> std::path::PathBuf {
@@ -221,7 +226,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_o
                 .call(http::Method::GET, &format!("{}{p}", backend.api_url()), &[], None)
                 .await
                 .unwrap();
-            snapshots.insert(p, r.body);
+            snapshots.insert(p, r.body.to_vec());
         }
     }
     let snapshots = Arc::new(snapshots);
@@ -251,11 +256,14 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_o
         assert!(Instant::now() < deadline, "the queue never drained: {q}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = Command::new("kill").arg("-TERM").arg(running.child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(running.child.id().to_string())
+        .status();
     let mut child = running.child;
     let _ = child.wait();
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let mut applied: HashMap<String, usize> = HashMap::new();
     for m in backend.state().mutations() {
         if let Some(k) = m.idempotency_key {
@@ -274,12 +282,22 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_o
         applied.len(),
         seen.served
     );
-    assert!(seen.bad_bodies.is_empty(), "bodies that are not the origin's: {:?}", seen.bad_bodies);
+    assert!(
+        seen.bad_bodies.is_empty(),
+        "bodies that are not the origin's: {:?}",
+        seen.bad_bodies
+    );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert!(twice.is_empty(), "writes applied twice: {twice:?}");
     assert!(unknown.is_empty(), "writes nobody sent: {unknown:?}");
-    assert!(seen.acked.len() > runs / 4, "the load acknowledged too few writes to mean anything");
-    assert!(seen.served > runs as u64, "the load was served too few bodies to mean anything");
+    assert!(
+        seen.acked.len() > runs / 4,
+        "the load acknowledged too few writes to mean anything"
+    );
+    assert!(
+        seen.served > runs as u64,
+        "the load was served too few bodies to mean anything"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .arg("verify")
@@ -288,8 +306,14 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_o
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "verify after the crashes:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-    let tmp = std::fs::read_dir(dir.path().join("data/blobs/tmp")).map(|d| d.count()).unwrap_or(0);
+    assert!(
+        out.status.success(),
+        "verify after the crashes:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = std::fs::read_dir(dir.path().join("data/blobs/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(tmp, 0, "temp files left behind");
     backend.stop().await;
 }

@@ -137,6 +137,7 @@ impl DemoBackend {
             control_l,
             shutdown.clone(),
             Duration::from_secs(1),
+            Duration::from_secs(30),
             move |req, _| {
                 let state = control_state.clone();
                 let tx = control_tx.clone();

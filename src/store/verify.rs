@@ -149,7 +149,11 @@ impl Store {
                     size: rec.size,
                     refcount: real,
                 };
-                batch.put_cf(self.cf("blobs"), hash.as_bytes(), serde_json::to_vec(&fixed).unwrap_or_default());
+                batch.put_cf(
+                    self.cf("blobs"),
+                    hash.as_bytes(),
+                    serde_json::to_vec(&fixed).unwrap_or_default(),
+                );
             }
         }
         for hash in &bad {

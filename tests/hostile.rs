@@ -1,0 +1,163 @@
+//! Malformed and hostile HTTP over raw sockets: each gets a 4xx or a closed connection, never a panic, a
+//! hang or an unbounded buffer; Outpost keeps serving afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes and returns what came back before the server closed (or 5 s passed).
+async fn raw(env: &TestEnv, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(env.outpost.addr()).await.expect("connect");
+    // The server may close before reading everything (e.g. after an oversized head): that is fine.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status(answer: &str) -> Option<u16> {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_or_a_closed_connection() {
+    let env = TestEnv::start_with(|c| c.header_read_timeout = Duration::from_secs(1)).await;
+    let huge_header = format!(
+        "GET /api/v1/threads HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let many_headers = format!(
+        "GET /api/v1/threads HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..500).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized header", huge_header.into_bytes()),
+        ("too many headers", many_headers.into_bytes()),
+        (
+            "bad Content-Length",
+            b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde".to_vec(),
+        ),
+        (
+            "CL + TE smuggling",
+            b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/v1/library HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad chunk size",
+            b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        ("invalid method", b"G@T /api/v1/threads HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("invalid URI", b"GET /api/v1/thr eads HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("absolute-form elsewhere", b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_vec()),
+        ("path traversal", b"GET /media/s3/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("CONNECT", b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n".to_vec()),
+        ("binary garbage", vec![0u8, 159, 146, 150, 255, 13, 10, 13, 10]),
+        ("HTTP/0.9", b"GET /\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let answer = raw(&env, &bytes).await;
+        match status(&answer) {
+            // A closed connection without an answer is also fine for garbage.
+            None => assert!(answer.is_empty(), "{what}: unexpected answer {answer:?}"),
+            // CL + TE: hyper reads the body as chunked (TE wins, RFC 9112 §6.1), answers, and closes the
+            // connection, so the smuggled request behind it is never read.
+            Some(200) if what == "CL + TE smuggling" => {
+                assert!(
+                    answer.contains("connection: close"),
+                    "{what}: kept the connection: {answer}"
+                )
+            }
+            Some(code) => assert!(
+                (400..500).contains(&code) || (what == "absolute-form elsewhere" && code == 502),
+                "{what}: got {code}: {}",
+                answer.lines().next().unwrap_or("")
+            ),
+        }
+        // The smuggled second request must never have been answered.
+        assert!(
+            answer.matches("HTTP/1.1").count() <= 1,
+            "{what}: more than one answer: {answer}"
+        );
+    }
+    // Slowloris: a head that never finishes is dropped after header_read_timeout.
+    let mut s = TcpStream::connect(env.outpost.addr()).await.unwrap();
+    s.write_all(b"GET /api/v1/threads HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "slow head kept open for {:?}",
+        t.elapsed()
+    );
+    // Still serving.
+    assert_eq!(env.get("/api/v1/threads").await.head.status, 200);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn users_are_isolated_through_refresh_and_logout() {
+    use outpost::demo::make_token;
+    let env = TestEnv::start().await;
+    let call = |token: String, path: &'static str| {
+        let url = env.url(path);
+        let client = env.client.clone();
+        async move {
+            client
+                .call(
+                    http::Method::GET,
+                    &url,
+                    &[
+                        ("authorization", &format!("Bearer {token}")),
+                        ("cache-control", "only-if-cached"),
+                    ],
+                    None,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let alice = make_token("alice", 1);
+    let bob = make_token("bob", 1);
+    // Alice's library is stored in her partition.
+    let r = env
+        .client
+        .call(
+            http::Method::GET,
+            &env.url("/api/v1/library"),
+            &[("authorization", &format!("Bearer {alice}"))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.head.status, 200);
+    assert_eq!(call(alice.clone(), "/api/v1/library").await.head.status, 200);
+    // Bob never sees it, nor does a request without credentials.
+    assert_eq!(call(bob.clone(), "/api/v1/library").await.head.status, 504);
+    let anon = env
+        .client
+        .call(
+            http::Method::GET,
+            &env.url("/api/v1/library"),
+            &[("cache-control", "only-if-cached")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(anon.head.status, 504);
+    // A refreshed token of the same user keeps her partition.
+    assert_eq!(call(make_token("alice", 2), "/api/v1/library").await.head.status, 200);
+    env.stop().await;
+}
