@@ -27,9 +27,10 @@ fn verify(dir: &Path, repair: bool) -> (i32, String) {
 }
 
 fn blob_files(dir: &Path) -> Vec<PathBuf> {
+    let tmp = dir.join("blobs").join("tmp");
     walk(&dir.join("blobs"))
         .into_iter()
-        .filter(|p| !p.components().any(|c| c.as_os_str() == "tmp"))
+        .filter(|p| !p.starts_with(&tmp))
         .collect()
 }
 
@@ -63,7 +64,13 @@ async fn verify_finds_corrupt_missing_and_orphan_blobs_and_repair_fixes_them() {
             assert_eq!(code, 0, "{out}");
             assert!(out.contains("clean"), "{out}");
             let files = blob_files(dir);
-            let find = |h: &str| files.iter().find(|p| p.ends_with(h)).expect("blob file").clone();
+            let find = |h: &str| {
+                files
+                    .iter()
+                    .find(|p| p.ends_with(h))
+                    .unwrap_or_else(|| panic!("no blob {h} in {files:?}"))
+                    .clone()
+            };
             // a1 corrupted in place (same size), a2 gone, and a file nobody knows.
             let p1 = find(&h1);
             let mut bytes = std::fs::read(&p1).unwrap();

@@ -224,8 +224,9 @@ impl BlobStore {
         }
     }
 
-    /// Every blob file present: (hash, size). Blocking; used by startup cleanup and verify.
-    pub fn list(&self) -> io::Result<Vec<(String, u64)>> {
+    /// Every file that looks like a blob: (hash, size, where it is). A file not at the place its name
+    /// maps to is misplaced; callers treat it as an orphan. Blocking; used by startup cleanup and verify.
+    pub fn list(&self) -> io::Result<Vec<(String, u64, PathBuf)>> {
         let mut out = Vec::new();
         for l1 in fs::read_dir(&self.root)? {
             let l1 = l1?;
@@ -241,7 +242,7 @@ impl BlobStore {
                     let f = f?;
                     let name = f.file_name().to_string_lossy().into_owned();
                     if is_hex_hash(&name) {
-                        out.push((name, f.metadata()?.len()));
+                        out.push((name, f.metadata()?.len(), f.path()));
                     }
                 }
             }

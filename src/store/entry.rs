@@ -396,16 +396,16 @@ impl Store {
     /// Blocking; run off the request path.
     pub fn remove_orphan_blobs(&self, older_than: std::time::SystemTime) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for (hash, _) in self.blobs.list()? {
-            let old = self
-                .blobs
-                .path(&hash)
-                .and_then(|p| std::fs::metadata(p).ok())
-                .and_then(|m| m.modified().ok())
-                .is_some_and(|t| t < older_than);
-            if old && self.blob_record(&hash)?.is_none() {
-                self.blobs.remove(&hash)?;
-                removed += 1;
+        for (hash, _, path) in self.blobs.list()? {
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < older_than);
+            let misplaced = self.blobs.path(&hash).as_ref() != Some(&path);
+            if old && (misplaced || self.blob_record(&hash)?.is_none()) {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => removed += 1,
+                }
             }
         }
         Ok(removed)

@@ -79,15 +79,18 @@ impl Store {
                 }
             }
         }
-        for (hash, size) in self.blobs.list()? {
+        for (hash, size, path) in self.blobs.list()? {
             report.blob_files += 1;
-            let Some(rec) = records.get(&hash) else {
+            let misplaced = self.blobs.path(&hash).as_ref() != Some(&path);
+            let rec = records.get(&hash);
+            if misplaced || rec.is_none() {
                 report.orphan_files += 1;
                 if repair {
-                    self.blobs.remove(&hash)?;
+                    std::fs::remove_file(&path)?;
                 }
                 continue;
-            };
+            }
+            let Some(rec) = rec else { continue };
             let ok = size == rec.size
                 && self.blobs.verify(&BlobId {
                     hash: hash.clone(),
