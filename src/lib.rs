@@ -236,6 +236,11 @@ impl Outpost {
         &self.outbox
     }
 
+    /// The store (for fault injection and inspection; a reference, so shutdown is never held up).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Stops accepting, lets in-flight requests finish up to the grace period, then flushes the store.
     pub async fn shutdown(self) {
         self.shutdown.trigger();

@@ -243,6 +243,7 @@ impl Admin {
             "auto_evict": self.evictor.auto_evict(),
             "storing": self.evictor.accepting(),
             "dedup_saved_bytes": self.store.dedup_saved().unwrap_or(0),
+            "store_write_errors": self.store.write_errors(),
             "kinds": per_kind,
             "evictions": evictions,
             "queue_depth": self.outbox.depth(),

@@ -420,6 +420,7 @@ impl Cache {
                     Ok(w) => Some(w),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start a blob; response not stored");
+                        cache.store.note_write_error();
                         None
                     }
                 }
@@ -451,6 +452,7 @@ impl Cache {
                 if let Some(w) = &mut writer {
                     if let Err(e) = w.write(&data) {
                         tracing::warn!(error = %e, "blob write failed; response not stored");
+                        cache.store.note_write_error();
                         writer = None;
                     }
                 }
@@ -485,6 +487,7 @@ impl Cache {
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "storing a response failed");
+                            cache.store.note_write_error();
                             FillState::Failed
                         }
                         Err(e) => {

@@ -27,6 +27,8 @@ pub struct BlobStore {
     /// Open read handles of recently read blobs (range reads of audio hit the same files over and over).
     /// A removed blob's handle is dropped with it, so its disk space is freed.
     handles: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<File>>>,
+    /// Fault injection (tests, drills): every write and commit of a blob fails like a full disk.
+    fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Open blob handles kept.
@@ -47,11 +49,23 @@ pub struct BlobWriter {
     file: tempfile::NamedTempFile,
     hasher: blake3::Hasher,
     size: u64,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn injected(fail: &std::sync::atomic::AtomicBool) -> io::Result<()> {
+    if fail.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "injected write failure (disk full)",
+        ));
+    }
+    Ok(())
 }
 
 impl BlobWriter {
     /// Appends bytes (page-cache write; durability comes at `finish`).
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        injected(&self.fail)?;
         self.file.write_all(bytes)?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
@@ -93,6 +107,7 @@ impl BlobStore {
             handles: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
+            fail_writes: Default::default(),
         })
     }
 
@@ -106,17 +121,30 @@ impl BlobStore {
 
     /// Starts a new blob.
     pub fn begin(&self) -> io::Result<BlobWriter> {
+        injected(&self.fail_writes)?;
         Ok(BlobWriter {
             file: tempfile::Builder::new().prefix("fill-").tempfile_in(&self.tmp)?,
             hasher: blake3::Hasher::new(),
             size: 0,
+            fail: self.fail_writes.clone(),
         })
+    }
+
+    /// Fault injection: while on, every blob write fails as on a full disk (reads keep working).
+    pub fn inject_write_failures(&self, on: bool) {
+        self.fail_writes.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes the blob durable under its hash. If that blob already exists the new copy is dropped
     /// (one copy per content). Blocking: call from a blocking context.
     pub fn finish(&self, w: BlobWriter) -> io::Result<BlobId> {
-        let BlobWriter { file, hasher, size } = w;
+        let BlobWriter {
+            file,
+            hasher,
+            size,
+            fail,
+        } = w;
+        injected(&fail)?;
         let hash = hasher.finalize().to_hex().to_string();
         let Some(dest) = self.path(&hash) else {
             return Err(io::Error::other("hash is not hex"));

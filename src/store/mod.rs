@@ -77,6 +77,8 @@ pub struct Store {
     commit_lock: Mutex<()>,
     /// Hot records (see [`entry::RecordCache`]).
     records: Mutex<entry::RecordCache>,
+    /// Fills that could not be stored (disk full, I/O errors), for stats.
+    write_errors: std::sync::atomic::AtomicU64,
     // Held for the process lifetime: the OS lock is what keeps a second instance out.
     _lock: File,
 }
@@ -129,6 +131,7 @@ impl Store {
             blobs: BlobStore::open(dir)?,
             commit_lock: Mutex::new(()),
             records: Mutex::new(entry::RecordCache::new(4096)),
+            write_errors: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
         };
         store.check_schema()?;
@@ -158,6 +161,16 @@ impl Store {
         self.db
             .cf_handle(name)
             .unwrap_or_else(|| panic!("column family {name} is opened by Store::open"))
+    }
+
+    /// Counts a fill that could not be stored (the answer was still served).
+    pub fn note_write_error(&self) {
+        self.write_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fills that could not be stored since start.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The data directory.

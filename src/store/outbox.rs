@@ -135,6 +135,20 @@ impl Store {
         Ok(out)
     }
 
+    /// One item by sequence number (`None` when absent or undecodable).
+    pub fn outbox_get(&self, seq: u64) -> Result<Option<OutboxRecord>, StoreError> {
+        let Some(v) = self.db.get_pinned_cf(self.cf("outbox"), seq.to_be_bytes())? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<OutboxRecord>(&v) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "undecodable outbox record skipped");
+                Ok(None)
+            }
+        }
+    }
+
     /// The highest sequence number in use (0 when empty).
     pub fn outbox_last_seq(&self) -> Result<u64, StoreError> {
         let mut it = self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::End);

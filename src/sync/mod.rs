@@ -90,8 +90,9 @@ struct Index {
     paths: HashMap<String, usize>,
     /// Pending items: seq → ordering line.
     pending: std::collections::BTreeMap<u64, Option<String>>,
-    /// Pending items per ordering line (`None` = the global line), so order checks are O(1).
-    lines: HashMap<Option<String>, usize>,
+    /// Pending items per ordering line (`None` = the global line), oldest first: order checks and the
+    /// replay worker's choice of line heads cost O(lines), not O(queue).
+    lines: HashMap<Option<String>, std::collections::BTreeSet<u64>>,
 }
 
 /// What `enqueue` needs from the request path.
@@ -154,9 +155,13 @@ impl Outbox {
             ix.pending.remove(&item.seq).is_some()
         };
         if changed {
-            let n = ix.lines.entry(item.ordering_key.clone()).or_insert(0);
-            *n = n.saturating_add_signed(add);
-            if *n == 0 {
+            let line = ix.lines.entry(item.ordering_key.clone()).or_default();
+            if add > 0 {
+                line.insert(item.seq);
+            } else {
+                line.remove(&item.seq);
+            }
+            if line.is_empty() {
                 ix.lines.remove(&item.ordering_key);
             }
         }
@@ -252,6 +257,22 @@ impl Outbox {
         let mine = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         mine.unwrap_or_else(|| Err("group commit lost this write".into()))
             .map_err(QueueError::Batch)
+    }
+
+    /// The oldest pending item of each ordering line (what the replay worker may send next).
+    pub fn line_heads(&self) -> Result<Vec<OutboxRecord>, QueueError> {
+        let seqs: Vec<u64> = self
+            .index
+            .lock()
+            .map(|ix| ix.lines.values().filter_map(|l| l.first().copied()).collect())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(item) = self.store.outbox_get(seq)? {
+                out.push(item);
+            }
+        }
+        Ok(out)
     }
 
     /// All items (pending, dead letters, overridden), in order.

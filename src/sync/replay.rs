@@ -1,6 +1,5 @@
 //! The replay worker: delivers queued writes in order once their upstream can take them.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -55,7 +54,13 @@ impl ReplayWorker {
         loop {
             let wait = match self.step().await {
                 Some(w) => w,
-                None => continue,
+                None => {
+                    // Between deliveries of a long queue, a shutdown must still get through.
+                    if futures_util::FutureExt::now_or_never(&mut stop).is_some() {
+                        return;
+                    }
+                    continue;
+                }
             };
             tokio::select! {
                 _ = &mut stop => return,
@@ -70,20 +75,15 @@ impl ReplayWorker {
         if self.outbox.state() != QueueState::Running {
             return Some(IDLE);
         }
-        let items = match self.outbox.list() {
+        // The head of each line: the oldest pending item per ordering key.
+        let items = match self.outbox.line_heads() {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox failed");
                 return Some(Duration::from_secs(1));
             }
         };
-        // The head of each line: the oldest pending item per ordering key.
-        let mut lines = HashSet::new();
-        let heads: Vec<&OutboxRecord> = items
-            .iter()
-            .filter(|i| i.state == ItemState::Pending)
-            .filter(|i| lines.insert(i.ordering_key.clone()))
-            .collect();
+        let heads: Vec<&OutboxRecord> = items.iter().filter(|i| i.state == ItemState::Pending).collect();
         if heads.is_empty() {
             return Some(IDLE);
         }
