@@ -191,7 +191,12 @@ kind = "api"
 
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
-        self.p.wait(timeout=30)
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print("Outpost did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
+            self.p.kill()
+            self.p.wait()
 
 
 class Nginx:
@@ -221,7 +226,11 @@ class Nginx:
 
     def stop(self):
         self.p.send_signal(signal.SIGQUIT)
-        self.p.wait(timeout=30)
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
 
 
 def lua(work, name, text):

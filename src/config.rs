@@ -759,7 +759,7 @@ impl RawConfig {
             }
             (None, _) if upstreams.len() == 1 => 0,
             (None, _) if upstreams.is_empty() => {
-                return Err(flag.err(
+                return Err(cx.err(
                     None,
                     "upstreams",
                     "no upstream configured: pass --upstream URL or add an [upstreams.NAME] table with a url",

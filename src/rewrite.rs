@@ -43,6 +43,9 @@ impl JsonPath {
                 steps.push(Step::Key(name.to_string()));
             }
             while !rest.is_empty() {
+                if !rest.starts_with('[') {
+                    return Err(format!("JSON path {src:?}: unexpected {rest:?} after ']'"));
+                }
                 let close = rest
                     .find(']')
                     .ok_or_else(|| format!("JSON path {src:?}: '[' without ']'"))?;
@@ -221,7 +224,8 @@ mod tests {
         assert_eq!(JsonPath::parse("items[*].url").unwrap().strings(&v), vec!["u1", "u2"]);
         assert_eq!(JsonPath::parse("data.tracks[0].src").unwrap().strings(&v), vec!["s0"]);
         assert!(JsonPath::parse("items[*].missing").unwrap().strings(&v).is_empty());
-        for bad in ["", "items[", "items[x]"] {
+        // "a[0]é[*]" panicked (slicing inside a multi-byte char) before the parsers test found it.
+        for bad in ["", "items[", "items[x]", "a[0]\u{e9}[*]", "a[0]x"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");
         }
     }
