@@ -24,15 +24,36 @@ pub struct BlobStore {
     /// Contents of small, recently read blobs. Content-addressed bytes never change, so nothing here
     /// can go stale; a deleted blob just leaves its copy to age out.
     hot: std::sync::Mutex<HotBlobs>,
-    /// Open read handles of recently read blobs (range reads of audio hit the same files over and over).
-    /// A removed blob's handle is dropped with it, so its disk space is freed.
-    handles: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<File>>>,
+    /// Read-only maps of recently read blobs: a range answer is a slice of the page cache, with no copy
+    /// into the process (audio players read the same files range after range). A removed blob's map
+    /// is dropped with it (once the answers still using it are sent), so its disk space is freed.
+    handles: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<memmap2::Mmap>>>,
     /// Fault injection (tests, drills): every write and commit of a blob fails like a full disk.
     fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Open blob handles kept.
-const HANDLES: usize = 64;
+/// Blob maps kept.
+const HANDLES: usize = 16;
+
+/// A shared map as the owner of `Bytes`.
+struct MappedBlob(std::sync::Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MappedBlob {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Maps a blob file read-only.
+#[allow(unsafe_code)]
+fn map_blob(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: a mapped file must not change or shrink while mapped. Blob files are write-once: written
+    // under a temp name, fsynced, renamed into place under their content hash and never opened for
+    // writing again; they are only ever unlinked, which leaves existing maps valid. One process owns a
+    // data dir (lock file), and `outpost verify --repair` refuses a dir in use. Only tampering with the
+    // data dir from outside while Outpost runs could break this.
+    unsafe { memmap2::Mmap::map(file) }
+}
 
 struct HotBlobs {
     map: lru::LruCache<String, bytes::Bytes>,
@@ -170,22 +191,25 @@ impl BlobStore {
         File::open(path)
     }
 
-    /// `len` bytes at `offset` of a blob, through a cached read handle. Blocking (one positioned read).
+    /// `len` bytes at `offset` of a blob, as a slice of a cached read-only map of the file.
     pub fn read_range(&self, hash: &str, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
         let cached = self.handles.lock().ok().and_then(|mut h| h.get(hash).cloned());
-        let file = match cached {
-            Some(f) => f,
+        let map = match cached {
+            Some(m) => m,
             None => {
-                let f = std::sync::Arc::new(self.open_blob(hash)?);
+                let m = std::sync::Arc::new(map_blob(&self.open_blob(hash)?)?);
                 if let Ok(mut h) = self.handles.lock() {
-                    h.put(hash.to_string(), f.clone());
+                    h.put(hash.to_string(), m.clone());
                 }
-                f
+                m
             }
         };
-        let mut buf = vec![0u8; len];
-        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
-        Ok(bytes::Bytes::from(buf))
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= map.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the blob"))?;
+        Ok(bytes::Bytes::from_owner(MappedBlob(map)).slice(start..end))
     }
 
     /// The whole content of a blob of `size` ≤ [`HOT_BLOB_MAX`] bytes, from memory when it was read
