@@ -14,27 +14,11 @@ use outpost::store::{Entry, Store};
 use outpost::sync::{NewItem, Outbox};
 
 fn entry_for(blob: &outpost::store::BlobId, url: &str) -> Entry {
-    let mut e = Entry {
-        status: 200,
-        headers: Vec::new(),
-        blob: blob.hash.clone(),
-        size: blob.size,
-        request_time_ms: 0,
-        response_time_ms: 0,
-        vary: Vec::new(),
-        kind: "api".into(),
-        route: "api".into(),
-        url: url.into(),
-        invalidated: false,
-        group: None,
-        body_dropped: false,
-    };
     let mut h = HeaderMap::new();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
     h.insert(http::header::ETAG, HeaderValue::from_static("\"abc\""));
-    e.set_headers(&h);
-    e
+    Entry::stored(200, &h, blob, 0, ("api".into(), "api".into(), url.into()))
 }
 
 fn keys(c: &mut Criterion) {

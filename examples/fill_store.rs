@@ -48,21 +48,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let uri: http::Uri = path.parse()?;
         let k = key::primary_key(key::ANONYMOUS, "api", &uri, &[]);
-        let mut entry = Entry {
-            status: 200,
-            headers: Vec::new(),
-            blob: blob.hash.clone(),
-            size: blob.size,
-            request_time_ms: now,
-            response_time_ms: now,
-            vary: Vec::new(),
-            kind: "api".into(),
-            route: "api".into(),
-            url: path.clone(),
-            invalidated: false,
-            group: None,
-            body_dropped: false,
-        };
         let mut h = http::HeaderMap::new();
         h.insert(
             http::header::CONTENT_TYPE,
@@ -73,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             http::HeaderValue::from_static("public, max-age=86400"),
         );
         h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(blob.size));
-        entry.set_headers(&h);
+        let entry = Entry::stored(200, &h, blob, now, ("api".into(), "api".into(), path.clone()));
         store.commit_entry(&k, &k, &[], &entry, blob)?;
     }
     store.flush()?;

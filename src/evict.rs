@@ -207,10 +207,14 @@ impl Evictor {
     }
 
     fn count(&self, reason: EvictReason, bytes: u64) {
-        tracing::debug!(reason = reason.as_str(), bytes, "evicted");
+        self.count_many(reason, 1, bytes);
+    }
+
+    fn count_many(&self, reason: EvictReason, items: u64, bytes: u64) {
+        tracing::debug!(reason = reason.as_str(), items, bytes, "evicted");
         if let Ok(mut c) = self.counts.lock() {
             let e = c.by_reason.entry(reason.as_str()).or_default();
-            e.0 += 1;
+            e.0 += items;
             e.1 += bytes;
         }
     }
@@ -252,12 +256,7 @@ impl Evictor {
             self.used.fetch_sub((*size).min(self.used()), Ordering::Relaxed);
             freed += size;
         }
-        tracing::debug!(group, dropped = r.dropped, bytes = freed, "retention");
-        if let Ok(mut c) = self.counts.lock() {
-            let e = c.by_reason.entry(EvictReason::Retention.as_str()).or_default();
-            e.0 += r.dropped;
-            e.1 += freed;
-        }
+        self.count_many(EvictReason::Retention, r.dropped, freed);
         self.update_accepting();
         Ok(freed)
     }

@@ -189,21 +189,6 @@ pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Resul
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let mut entry = Entry {
-                status: 200,
-                headers: Vec::new(),
-                blob: blob.hash.clone(),
-                size: blob.size,
-                request_time_ms: ms,
-                response_time_ms: ms,
-                vary: Vec::new(),
-                kind: kind.clone(),
-                route: route.clone(),
-                url: row.url.clone(),
-                invalidated: false,
-                group: None,
-                body_dropped: false,
-            };
             let mut h = http::HeaderMap::new();
             h.insert(
                 header::CONTENT_TYPE,
@@ -217,7 +202,7 @@ pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Resul
             if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(mtime)) {
                 h.insert(header::LAST_MODIFIED, v);
             }
-            entry.set_headers(&h);
+            let entry = Entry::stored(200, &h, &blob, ms, (kind.clone(), route.clone(), row.url.clone()));
             let new_blob = store
                 .commit_entry(&k, &k, &[], &entry, &blob)
                 .map_err(|e| e.to_string())?;

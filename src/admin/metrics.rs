@@ -35,6 +35,12 @@ struct ReasonLabel {
     reason: String,
 }
 
+/// One route's metric handles.
+struct RouteHandles {
+    latency: Histogram,
+    requests: std::collections::HashMap<(&'static str, &'static str), Counter>,
+}
+
 /// Everything Outpost counts.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +52,9 @@ pub struct Metrics {
     evictions: Family<ReasonLabel, Gauge>,
     evicted_bytes: Family<ReasonLabel, Gauge>,
     by_kind: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Per route: its latency histogram and request counters, resolved once (metric handles share their
+    /// atomics), so recording a request allocates nothing.
+    hot: Mutex<std::collections::HashMap<String, RouteHandles>>,
 }
 
 impl Default for Metrics {
@@ -108,6 +117,7 @@ impl Metrics {
             evictions,
             evicted_bytes,
             by_kind: Mutex::new(BTreeMap::new()),
+            hot: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -120,20 +130,45 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                outcome: outcome.to_string(),
-                status: class.to_string(),
-            })
-            .inc();
-        self.latency
-            .get_or_create(&RouteLabel {
-                route: route.to_string(),
-            })
-            .observe(seconds);
+        if let Ok(mut hot) = self.hot.lock() {
+            if !hot.contains_key(route) {
+                let latency = self
+                    .latency
+                    .get_or_create(&RouteLabel {
+                        route: route.to_string(),
+                    })
+                    .clone();
+                hot.insert(
+                    route.to_string(),
+                    RouteHandles {
+                        latency,
+                        requests: std::collections::HashMap::new(),
+                    },
+                );
+            }
+            if let Some(h) = hot.get_mut(route) {
+                h.latency.observe(seconds);
+                h.requests
+                    .entry((outcome, class))
+                    .or_insert_with(|| {
+                        self.requests
+                            .get_or_create(&RequestLabels {
+                                route: route.to_string(),
+                                outcome: outcome.to_string(),
+                                status: class.to_string(),
+                            })
+                            .clone()
+                    })
+                    .inc();
+            }
+        }
         if let Ok(mut m) = self.by_kind.lock() {
-            *m.entry((kind.to_string(), outcome)).or_default() += 1;
+            match m.iter_mut().find(|((k, o), _)| k == kind && *o == outcome) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    m.insert((kind.to_string(), outcome), 1);
+                }
+            }
         }
     }
 

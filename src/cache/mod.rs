@@ -533,22 +533,16 @@ fn commit(
         let values = policy::vary_values(&fields, &info.req_headers);
         (key::variant_key(&info.primary, &values), values)
     };
-    let mut entry = Entry {
-        status: status.as_u16(),
-        headers: Vec::new(),
-        blob: blob.hash.clone(),
-        size: blob.size,
-        request_time_ms: ms(info.request_time),
-        response_time_ms: ms(info.response_time),
-        vary,
-        kind: info.kind,
-        route: info.route,
-        url: info.url,
-        invalidated: false,
-        group: info.retain.map(|(g, _, _)| g),
-        body_dropped: false,
-    };
-    entry.set_headers(&storable_headers(resp_headers));
+    let mut entry = Entry::stored(
+        status.as_u16(),
+        &storable_headers(resp_headers),
+        &blob,
+        ms(info.response_time),
+        (info.kind, info.route, info.url),
+    );
+    entry.request_time_ms = ms(info.request_time);
+    entry.vary = vary;
+    entry.group = info.retain.map(|(g, _, _)| g);
     let new_blob = store.commit_entry(&info.primary, &key, &fields, &entry, &blob)?;
     Ok((key, if new_blob { blob.size } else { 0 }))
 }

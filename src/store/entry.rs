@@ -44,6 +44,33 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A fresh entry for `blob`, received at `time_ms`, with `headers`; no Vary, group or flags.
+    pub fn stored(
+        status: u16,
+        headers: &http::HeaderMap,
+        blob: &BlobId,
+        time_ms: u64,
+        (kind, route, url): (String, String, String),
+    ) -> Entry {
+        let mut e = Entry {
+            status,
+            headers: Vec::new(),
+            blob: blob.hash.clone(),
+            size: blob.size,
+            request_time_ms: time_ms,
+            response_time_ms: time_ms,
+            vary: Vec::new(),
+            kind,
+            route,
+            url,
+            invalidated: false,
+            group: None,
+            body_dropped: false,
+        };
+        e.set_headers(headers);
+        e
+    }
+
     /// The headers as a `HeaderMap` (invalid stored names/values are skipped, never a panic).
     pub fn header_map(&self) -> http::HeaderMap {
         let mut h = http::HeaderMap::with_capacity(self.headers.len());
@@ -623,21 +650,8 @@ mod tests {
     use super::*;
 
     fn entry(blob: &BlobId) -> Entry {
-        Entry {
-            status: 200,
-            headers: vec![],
-            blob: blob.hash.clone(),
-            size: blob.size,
-            request_time_ms: 0,
-            response_time_ms: 0,
-            vary: vec![],
-            kind: "audio".into(),
-            route: "media".into(),
-            url: "/x".into(),
-            invalidated: false,
-            group: None,
-            body_dropped: false,
-        }
+        let names = ("audio".into(), "media".into(), "/x".into());
+        Entry::stored(200, &http::HeaderMap::new(), blob, 0, names)
     }
 
     #[test]
