@@ -721,6 +721,15 @@ impl Proxy {
                 .await
             {
                 Ok(Fetched::NotModified(resp304)) => self.revalidated(hit, resp304, &req).await,
+                // A 5xx storm is an outage as far as the user is concerned: keep answering with what is
+                // stored (stale-if-error, RFC 5861 §4), unless the origin said must-revalidate.
+                Ok(Fetched::Full(resp))
+                    if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504)
+                        && !CacheControl::parse(&hit.entry.header_map()).must_revalidate =>
+                {
+                    tracing::debug!(status = %resp.status(), "upstream error on revalidation; serving the stored response");
+                    self.serve(&hit, &req, Outcome::Stale).await
+                }
                 Ok(Fetched::Full(resp)) => (resp, Outcome::Miss),
                 Err(e) => {
                     tracing::debug!(error = %e, "revalidation failed; serving the stored response");

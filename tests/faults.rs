@@ -112,3 +112,26 @@ async fn a_flapping_backend_loses_no_write_and_serves_only_whole_bodies() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_5xx_storm_keeps_the_stored_answers_coming() {
+    let env = TestEnv::start().await;
+    let first = env.get("/api/v1/threads/t1/messages").await;
+    assert_eq!(first.head.status, 200);
+    for status in [500u16, 502, 503, 504] {
+        env.backend.set_fault(Fault::Error { status });
+        for _ in 0..5 {
+            let r = env.get("/api/v1/threads/t1/messages").await;
+            assert_eq!(r.head.status, 200, "stored answer during a {status} storm");
+            assert_eq!(r.header("x-outpost-cache"), Some("STALE"));
+            assert_eq!(r.body, first.body);
+        }
+    }
+    // Without a stored answer the upstream's own error passes through.
+    let miss = env.get("/api/v1/threads/t2/messages").await;
+    assert_eq!(miss.head.status, 504);
+    env.backend.set_fault(Fault::Up);
+    let r = env.get("/api/v1/threads/t1/messages").await;
+    assert_eq!(r.header("x-outpost-cache"), Some("MISS"), "fresh from the origin again");
+    env.stop().await;
+}
