@@ -159,5 +159,38 @@ async fn users_are_isolated_through_refresh_and_logout() {
     assert_eq!(anon.head.status, 504);
     // A refreshed token of the same user keeps her partition.
     assert_eq!(call(make_token("alice", 2), "/api/v1/library").await.head.status, 200);
+    // Bob's own answers, then Alice logs out: her partition is cleared, his is not.
+    let r = env
+        .client
+        .call(
+            http::Method::GET,
+            &env.url("/api/v1/library"),
+            &[("authorization", &format!("Bearer {bob}"))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.head.status, 200);
+    let out = env
+        .client
+        .call(
+            http::Method::POST,
+            &env.url("/api/v1/auth/logout"),
+            &[("authorization", &format!("Bearer {}", make_token("alice", 2)))],
+            Some(Vec::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.head.status, 200);
+    assert_eq!(
+        call(alice.clone(), "/api/v1/library").await.head.status,
+        504,
+        "cleared at logout"
+    );
+    assert_eq!(
+        call(bob.clone(), "/api/v1/library").await.head.status,
+        200,
+        "other users keep theirs"
+    );
     env.stop().await;
 }

@@ -482,6 +482,7 @@ impl DemoState {
                 }
                 Err(_) => json_resp(StatusCode::BAD_REQUEST, &json!({"error": "size must be a number"})),
             },
+            (&Method::POST, ["api", "v1", "auth", "logout"]) => json_resp(StatusCode::OK, &json!({"ok": true})),
             (&Method::POST, ["api", "v1", "auth", "refresh"]) => {
                 let mut d = self.lock();
                 d.token_version += 1;

@@ -75,6 +75,13 @@ connect_timeout = "1s"
 first_byte_timeout = "5s"
 
 [[routes]]
+name = "logout"
+path = "/api/v1/auth/logout"
+strategy = "network-only"
+queue = false
+logout = true
+
+[[routes]]
 name = "auth"
 prefix = "/api/v1/auth/"
 strategy = "network-only"
