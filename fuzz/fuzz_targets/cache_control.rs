@@ -3,7 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(v) = http::HeaderValue::from_bytes(data) else { return };
+    let Ok(v) = http::HeaderValue::from_bytes(data) else {
+        return;
+    };
     let mut h = http::HeaderMap::new();
     h.insert(http::header::CACHE_CONTROL, v.clone());
     h.insert(http::header::AUTHORIZATION, v);

@@ -4,8 +4,12 @@ use libfuzzer_sys::fuzz_target;
 use outpost::cache::range::{decide, RangeAnswer};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&size_byte, header)) = data.split_first() else { return };
-    let Ok(v) = http::HeaderValue::from_bytes(header) else { return };
+    let Some((&size_byte, header)) = data.split_first() else {
+        return;
+    };
+    let Ok(v) = http::HeaderValue::from_bytes(header) else {
+        return;
+    };
     let mut req = http::HeaderMap::new();
     req.insert(http::header::RANGE, v);
     let size = u64::from(size_byte) * 997;

@@ -6,7 +6,10 @@ use outpost::routes::RoutePattern;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (pattern, path) = text.split_once('\n').unwrap_or((&text, "/"));
-    for p in [RoutePattern::exact(pattern), RoutePattern::prefix(pattern)].into_iter().flatten() {
+    for p in [RoutePattern::exact(pattern), RoutePattern::prefix(pattern)]
+        .into_iter()
+        .flatten()
+    {
         if let Some(params) = p.matches(path) {
             assert!(params.iter().all(|(_, v)| !v.is_empty() && !v.contains('/')));
         }
