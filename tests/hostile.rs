@@ -111,84 +111,52 @@ async fn malformed_requests_get_a_4xx_or_a_closed_connection() {
 async fn users_are_isolated_through_refresh_and_logout() {
     use outpost::demo::make_token;
     let env = TestEnv::start().await;
-    let call = |token: String, path: &'static str| {
+    // A GET as `token` (None: no credentials), from the store only when `cached_only`.
+    let get = |token: Option<String>, method: http::Method, path: &'static str, cached_only: bool| {
         let url = env.url(path);
         let client = env.client.clone();
         async move {
-            client
-                .call(
-                    http::Method::GET,
-                    &url,
-                    &[
-                        ("authorization", &format!("Bearer {token}")),
-                        ("cache-control", "only-if-cached"),
-                    ],
-                    None,
-                )
-                .await
-                .unwrap()
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut headers: Vec<(&str, &str)> = Vec::new();
+            if let Some(a) = &auth {
+                headers.push(("authorization", a));
+            }
+            if cached_only {
+                headers.push(("cache-control", "only-if-cached"));
+            }
+            let body = (method == http::Method::POST).then(Vec::new);
+            client.call(method, &url, &headers, body).await.unwrap().head.status
         }
     };
+    let call = |token: String, path: &'static str| get(Some(token), http::Method::GET, path, true);
     let alice = make_token("alice", 1);
     let bob = make_token("bob", 1);
     // Alice's library is stored in her partition.
-    let r = env
-        .client
-        .call(
-            http::Method::GET,
-            &env.url("/api/v1/library"),
-            &[("authorization", &format!("Bearer {alice}"))],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.head.status, 200);
-    assert_eq!(call(alice.clone(), "/api/v1/library").await.head.status, 200);
-    // Bob never sees it, nor does a request without credentials.
-    assert_eq!(call(bob.clone(), "/api/v1/library").await.head.status, 504);
-    let anon = env
-        .client
-        .call(
-            http::Method::GET,
-            &env.url("/api/v1/library"),
-            &[("cache-control", "only-if-cached")],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(anon.head.status, 504);
-    // A refreshed token of the same user keeps her partition.
-    assert_eq!(call(make_token("alice", 2), "/api/v1/library").await.head.status, 200);
-    // Bob's own answers, then Alice logs out: her partition is cleared, his is not.
-    let r = env
-        .client
-        .call(
-            http::Method::GET,
-            &env.url("/api/v1/library"),
-            &[("authorization", &format!("Bearer {bob}"))],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.head.status, 200);
-    let out = env
-        .client
-        .call(
-            http::Method::POST,
-            &env.url("/api/v1/auth/logout"),
-            &[("authorization", &format!("Bearer {}", make_token("alice", 2)))],
-            Some(Vec::new()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.head.status, 200);
     assert_eq!(
-        call(alice.clone(), "/api/v1/library").await.head.status,
-        504,
-        "cleared at logout"
+        get(Some(alice.clone()), http::Method::GET, "/api/v1/library", false).await,
+        200
     );
+    assert_eq!(call(alice.clone(), "/api/v1/library").await, 200);
+    // Bob never sees it, nor does a request without credentials.
+    assert_eq!(call(bob.clone(), "/api/v1/library").await, 504);
+    assert_eq!(get(None, http::Method::GET, "/api/v1/library", true).await, 504);
+    // A refreshed token of the same user keeps her partition.
+    assert_eq!(call(make_token("alice", 2), "/api/v1/library").await, 200);
+    // Bob's own answers, then Alice logs out: her partition is cleared, his is not.
     assert_eq!(
-        call(bob.clone(), "/api/v1/library").await.head.status,
+        get(Some(bob.clone()), http::Method::GET, "/api/v1/library", false).await,
+        200
+    );
+    let logout = get(
+        Some(make_token("alice", 2)),
+        http::Method::POST,
+        "/api/v1/auth/logout",
+        false,
+    );
+    assert_eq!(logout.await, 200);
+    assert_eq!(call(alice.clone(), "/api/v1/library").await, 504, "cleared at logout");
+    assert_eq!(
+        call(bob.clone(), "/api/v1/library").await,
         200,
         "other users keep theirs"
     );

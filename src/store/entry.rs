@@ -459,14 +459,7 @@ impl Store {
                 entries += 1;
             }
         }
-        let mut bytes = 0u64;
-        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
-            let (_, v) = item?;
-            if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
-                bytes += r.size;
-            }
-        }
-        Ok((entries, bytes))
+        Ok((entries, self.blob_bytes()?))
     }
 }
 
