@@ -72,6 +72,8 @@ pub struct RawConfig {
     #[serde(default)]
     queue: RawQueue,
     #[serde(default)]
+    encryption: RawEncryption,
+    #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     routes: Vec<RawRoute>,
@@ -84,6 +86,13 @@ struct RawCache {
     verify_on_read: Option<bool>,
     auto_evict: Option<bool>,
     max_unused: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    key_file: Option<Spanned<String>>,
+    key_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,6 +496,60 @@ pub struct Config {
     pub default_upstream: usize,
     /// Routes, first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Encryption at rest of stored bodies, response heads and queued requests (`None`: off).
+    pub encryption: Option<EncryptionKey>,
+}
+
+/// The at-rest encryption key and where it came from. Neither `Debug` nor the serialized config shows
+/// the key itself.
+#[derive(Clone)]
+pub struct EncryptionKey {
+    key: [u8; 32],
+    source: String,
+}
+
+impl EncryptionKey {
+    /// Reads a key file (64 hex digits or base64 of 32 bytes; surrounding whitespace ignored).
+    pub fn from_file(path: &Path) -> Result<EncryptionKey, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let key = crate::store::parse_key(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(EncryptionKey {
+            key,
+            source: format!("key file {}", path.display()),
+        })
+    }
+
+    /// Reads the key from an environment variable.
+    pub fn from_env(name: &str) -> Result<EncryptionKey, String> {
+        let text = std::env::var(name).map_err(|e| format!("environment variable {name}: {e}"))?;
+        let key = crate::store::parse_key(&text).map_err(|e| format!("environment variable {name}: {e}"))?;
+        Ok(EncryptionKey {
+            key,
+            source: format!("environment variable {name}"),
+        })
+    }
+
+    /// The key.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// Where the key came from (for messages).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptionKey").field("source", &self.source).finish()
+    }
+}
+
+impl Serialize for EncryptionKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
 }
 
 impl Config {
@@ -1036,7 +1099,26 @@ impl RawConfig {
             }
         }
 
+        let encryption = match (&self.encryption.key_file, &self.encryption.key_env) {
+            (Some(f), Some(_)) => {
+                return Err(cx.err(
+                    Some(f.span()),
+                    "encryption",
+                    "set key_file or key_env, not both",
+                ))
+            }
+            (Some(f), None) => Some(
+                EncryptionKey::from_file(Path::new(f.get_ref()))
+                    .map_err(|r| cx.err(Some(f.span()), "encryption.key_file", r))?,
+            ),
+            (None, Some(e)) => Some(
+                EncryptionKey::from_env(e.get_ref()).map_err(|r| cx.err(Some(e.span()), "encryption.key_env", r))?,
+            ),
+            (None, None) => None,
+        };
+
         Ok(Config {
+            encryption,
             listen,
             admin_listen,
             data_dir,

@@ -152,7 +152,7 @@ fn content_type(file: &Path) -> &'static str {
 /// Imports `rows` into the data dir of `config` (no Outpost may be running on it). `progress` is told
 /// bytes and rows as they go.
 pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Result<ImportReport, ImportError> {
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open_with_key(&config.data_dir, config.encryption.as_ref().map(|k| k.bytes()))?;
     let mut report = ImportReport::default();
     for row in rows {
         let Some((k, kind, route)) = key_for(config, &row.url) else {

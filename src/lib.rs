@@ -95,7 +95,10 @@ pub struct Outpost {
 impl Outpost {
     /// Opens the data directory, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<Outpost, StartError> {
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with_key(
+            &config.data_dir,
+            config.encryption.as_ref().map(|k| k.bytes()),
+        )?);
         let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
         let listener = TcpListener::bind(config.listen)
             .await

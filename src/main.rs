@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use outpost::config::{Config, LogFormat, Overrides};
+use outpost::config::{Config, EncryptionKey, LogFormat, Overrides};
 use outpost::demo::{DemoBackend, DemoOptions};
 use outpost::Outpost;
 
@@ -95,6 +95,12 @@ enum Command {
         /// rewrite refcounts, remove stale index keys. Queued writes are never deleted.
         #[arg(long)]
         repair: bool,
+        /// Key file of an encrypted data dir (as `encryption.key_file` in the config).
+        #[arg(long, conflicts_with = "key_env")]
+        key_file: Option<PathBuf>,
+        /// Environment variable holding the key of an encrypted data dir (as `encryption.key_env`).
+        #[arg(long)]
+        key_env: Option<String>,
     },
     /// Import an existing on-disk audio cache (url → file mapping) into the store. Outpost must not be
     /// running on the data dir.
@@ -362,13 +368,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { data_dir, repair } => {
+        Command::Verify {
+            data_dir,
+            repair,
+            key_file,
+            key_env,
+        } => {
             init_logging(flag_format.unwrap_or(LogFormat::Text));
             let tmp = std::fs::read_dir(data_dir.join("blobs").join("tmp"))
                 .map(|d| d.count())
                 .unwrap_or(0);
-            let store =
-                outpost::store::Store::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+            let key = match (key_file, key_env) {
+                (Some(f), _) => Some(EncryptionKey::from_file(&f).map_err(anyhow::Error::msg)?),
+                (None, Some(e)) => Some(EncryptionKey::from_env(&e).map_err(anyhow::Error::msg)?),
+                (None, None) => None,
+            };
+            let store = outpost::store::Store::open_with_key(&data_dir, key.as_ref().map(|k| k.bytes()))
+                .with_context(|| format!("opening {}", data_dir.display()))?;
             let report = store.verify(repair).context("verifying")?;
             print_verify(&report, tmp);
             if report.problems() == 0 {

@@ -3,10 +3,16 @@
 //! Promises: a blob file exists under its final name only once its bytes are durable (temp file in
 //! `blobs/tmp/` → write → fsync → rename → fsync the directory); its name is the BLAKE3 hash of its bytes,
 //! so identical bodies share one file; a file whose size or hash does not match is never handed out.
+//! With encryption at rest (see [`super::crypt`]) files are sealed in chunks and named by a keyed hash;
+//! everything above this module sees the same plaintext bytes, sizes and names either way.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::crypt::{self, AtRest};
 
 /// A blob's identity: its BLAKE3 hash (hex) and length.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +36,8 @@ pub struct BlobStore {
     handles: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<memmap2::Mmap>>>,
     /// Fault injection (tests, drills): every write and commit of a blob fails like a full disk.
     fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set when blobs are sealed (encryption at rest).
+    at_rest: Option<std::sync::Arc<AtRest>>,
 }
 
 /// Blob maps kept.
@@ -71,6 +79,30 @@ pub struct BlobWriter {
     hasher: blake3::Hasher,
     size: u64,
     fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seal: Option<Sealing>,
+}
+
+/// A sealed blob in the making: plaintext waits in `pending` until it is known not to be the last chunk.
+struct Sealing {
+    at_rest: Arc<AtRest>,
+    prefix: [u8; 16],
+    pending: Vec<u8>,
+    index: u64,
+}
+
+impl Sealing {
+    fn flush(&mut self, file: &mut File, last: bool) -> io::Result<()> {
+        let rest = if last {
+            Vec::new()
+        } else {
+            self.pending.split_off(crypt::CHUNK)
+        };
+        let mut chunk = std::mem::replace(&mut self.pending, rest);
+        self.at_rest.seal_chunk(&self.prefix, self.index, last, &mut chunk)?;
+        file.write_all(&chunk)?;
+        self.index += 1;
+        Ok(())
+    }
 }
 
 fn injected(fail: &std::sync::atomic::AtomicBool) -> io::Result<()> {
@@ -87,7 +119,16 @@ impl BlobWriter {
     /// Appends bytes (page-cache write; durability comes at `finish`).
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         injected(&self.fail)?;
-        self.file.write_all(bytes)?;
+        match &mut self.seal {
+            None => self.file.write_all(bytes)?,
+            Some(seal) => {
+                seal.pending.extend_from_slice(bytes);
+                // Keep the tail: only `finish` knows which chunk is the last.
+                while seal.pending.len() > crypt::CHUNK {
+                    seal.flush(self.file.as_file_mut(), false)?;
+                }
+            }
+        }
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
@@ -109,8 +150,9 @@ fn is_hex_hash(s: &str) -> bool {
 }
 
 impl BlobStore {
-    /// Opens `dir/blobs`, creating it, and removes temp files a crash left behind.
-    pub fn open(data_dir: &Path) -> io::Result<BlobStore> {
+    /// Opens `dir/blobs`, creating it, and removes temp files a crash left behind. With `at_rest`, new
+    /// blobs are sealed and existing ones are read as sealed.
+    pub fn open(data_dir: &Path, at_rest: Option<Arc<AtRest>>) -> io::Result<BlobStore> {
         let root = data_dir.join("blobs");
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
@@ -129,7 +171,22 @@ impl BlobStore {
                 std::num::NonZeroUsize::new(HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             fail_writes: Default::default(),
+            at_rest,
         })
+    }
+
+    /// True when blobs are sealed (encryption at rest).
+    pub fn sealed(&self) -> bool {
+        self.at_rest.is_some()
+    }
+
+    /// Length on disk of a blob of `size` plaintext bytes.
+    pub fn file_len(&self, size: u64) -> u64 {
+        if self.sealed() {
+            crypt::sealed_len(size)
+        } else {
+            size
+        }
     }
 
     /// Where the blob with `hash` lives. Only hashes reach the filesystem, never URL text.
@@ -143,11 +200,29 @@ impl BlobStore {
     /// Starts a new blob.
     pub fn begin(&self) -> io::Result<BlobWriter> {
         injected(&self.fail_writes)?;
+        let mut file = tempfile::Builder::new().prefix("fill-").tempfile_in(&self.tmp)?;
+        let seal = match &self.at_rest {
+            None => None,
+            Some(a) => {
+                // The header names the blob, known only at the end; its place is reserved now.
+                file.write_all(&[0u8; crypt::HEADER])?;
+                Some(Sealing {
+                    at_rest: a.clone(),
+                    prefix: AtRest::new_prefix(),
+                    pending: Vec::with_capacity(crypt::CHUNK + 16),
+                    index: 0,
+                })
+            }
+        };
         Ok(BlobWriter {
-            file: tempfile::Builder::new().prefix("fill-").tempfile_in(&self.tmp)?,
-            hasher: blake3::Hasher::new(),
+            file,
+            hasher: match &self.at_rest {
+                None => blake3::Hasher::new(),
+                Some(a) => a.name_hasher(),
+            },
             size: 0,
             fail: self.fail_writes.clone(),
+            seal,
         })
     }
 
@@ -160,18 +235,24 @@ impl BlobStore {
     /// (one copy per content). Blocking: call from a blocking context.
     pub fn finish(&self, w: BlobWriter) -> io::Result<BlobId> {
         let BlobWriter {
-            file,
+            mut file,
             hasher,
             size,
             fail,
+            seal,
         } = w;
         injected(&fail)?;
         let hash = hasher.finalize().to_hex().to_string();
         let Some(dest) = self.path(&hash) else {
             return Err(io::Error::other("hash is not hex"));
         };
-        if dest.exists() && fs::metadata(&dest).map(|m| m.len() == size).unwrap_or(false) {
+        if dest.exists() && fs::metadata(&dest).map(|m| m.len() == self.file_len(size)).unwrap_or(false) {
             return Ok(BlobId { hash, size });
+        }
+        if let Some(mut seal) = seal {
+            seal.flush(file.as_file_mut(), true)?;
+            let header = seal.at_rest.header(&seal.prefix, &hash)?;
+            file.as_file().write_all_at(&header, 0)?;
         }
         file.as_file().sync_all()?;
         let dir = dest
@@ -193,6 +274,9 @@ impl BlobStore {
 
     /// `len` bytes at `offset` of a blob, as a slice of a cached read-only map of the file.
     pub fn read_range(&self, hash: &str, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
+        if let Some(a) = &self.at_rest {
+            return self.read_sealed(a, hash, offset, len).map(bytes::Bytes::from);
+        }
         let cached = self.handles.lock().ok().and_then(|mut h| h.get(hash).cloned());
         let map = match cached {
             Some(m) => m,
@@ -218,9 +302,15 @@ impl BlobStore {
         if let Some(b) = self.hot.lock().ok().and_then(|mut h| h.map.get(hash).cloned()) {
             return Ok(b);
         }
-        let file = self.open_blob(hash)?;
-        let mut buf = vec![0u8; size as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
+        let buf = match &self.at_rest {
+            Some(a) => self.read_sealed(a, hash, 0, size as usize)?,
+            None => {
+                let file = self.open_blob(hash)?;
+                let mut buf = vec![0u8; size as usize];
+                file.read_exact_at(&mut buf, 0)?;
+                buf
+            }
+        };
         let b = bytes::Bytes::from(buf);
         if size <= HOT_BLOB_MAX {
             if let Ok(mut h) = self.hot.lock() {
@@ -238,6 +328,37 @@ impl BlobStore {
         Ok(b)
     }
 
+    /// Plaintext bytes `offset..offset+len` of a sealed blob: opens only the chunks they lie in.
+    fn read_sealed(&self, a: &AtRest, hash: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = self.open_blob(hash)?;
+        let size = crypt::plain_len(file.metadata()?.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "sealed blob has an impossible length"))?;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|e| *e <= size)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the blob"))?;
+        let mut header = [0u8; crypt::HEADER];
+        file.read_exact_at(&mut header, 0)?;
+        let prefix = a.open_header(&header, hash)?;
+        let last = crypt::chunks(size) - 1;
+        let chunk = crypt::CHUNK as u64;
+        let first = (offset / chunk).min(last);
+        let until = if len == 0 { first } else { (end - 1) / chunk };
+        let mut out = Vec::with_capacity(len);
+        for i in first..=until {
+            let (at, sealed) = crypt::chunk_span(size, i);
+            let mut buf = vec![0u8; sealed];
+            file.read_exact_at(&mut buf, at)?;
+            a.open_chunk(&prefix, i, i == last, &mut buf)?;
+            let from = (offset.max(i * chunk) - i * chunk) as usize;
+            let to = ((end - i * chunk) as usize).min(buf.len());
+            if from < to {
+                out.extend_from_slice(&buf[from..to]);
+            }
+        }
+        Ok(out)
+    }
+
     /// Re-reads the blob and checks its size and hash. Blocking.
     pub fn verify(&self, id: &BlobId) -> io::Result<bool> {
         let mut f = match self.open_blob(&id.hash) {
@@ -245,8 +366,21 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
-        if f.metadata()?.len() != id.size {
+        if f.metadata()?.len() != self.file_len(id.size) {
             return Ok(false);
+        }
+        if let Some(a) = &self.at_rest {
+            let mut hasher = a.name_hasher();
+            for i in 0..crypt::chunks(id.size) {
+                let at = i * crypt::CHUNK as u64;
+                let n = (id.size - at).min(crypt::CHUNK as u64) as usize;
+                match self.read_sealed(a, &id.hash, at, n) {
+                    Ok(b) => hasher.update(&b),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+            }
+            return Ok(hasher.finalize().to_hex().as_str() == id.hash);
         }
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -276,8 +410,9 @@ impl BlobStore {
         }
     }
 
-    /// Every file that looks like a blob: (hash, size, where it is). A file not at the place its name
-    /// maps to is misplaced; callers treat it as an orphan. Blocking; used by startup cleanup and verify.
+    /// Every file that looks like a blob: (hash, plaintext size, where it is). A file not at the place its
+    /// name maps to is misplaced; callers treat it as an orphan. A sealed file whose length no blob can
+    /// have reports `u64::MAX`. Blocking; used by startup cleanup and verify.
     pub fn list(&self) -> io::Result<Vec<(String, u64, PathBuf)>> {
         let mut out = Vec::new();
         for l1 in fs::read_dir(&self.root)? {
@@ -294,7 +429,13 @@ impl BlobStore {
                     let f = f?;
                     let name = f.file_name().to_string_lossy().into_owned();
                     if is_hex_hash(&name) {
-                        out.push((name, f.metadata()?.len(), f.path()));
+                        let len = f.metadata()?.len();
+                        let size = if self.sealed() {
+                            crypt::plain_len(len).unwrap_or(u64::MAX)
+                        } else {
+                            len
+                        };
+                        out.push((name, size, f.path()));
                     }
                 }
             }
@@ -310,7 +451,7 @@ mod tests {
     #[test]
     fn identical_bytes_make_one_file_named_by_their_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path(), None).unwrap();
         let mut a = store.begin().unwrap();
         a.write(b"hello ").unwrap();
         a.write(b"world").unwrap();
@@ -332,7 +473,7 @@ mod tests {
     #[test]
     fn a_dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path(), None).unwrap();
         let mut w = store.begin().unwrap();
         w.write(b"partial").unwrap();
         drop(w);
@@ -343,12 +484,92 @@ mod tests {
     #[test]
     fn corruption_is_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path(), None).unwrap();
         let mut w = store.begin().unwrap();
         w.write(b"original bytes").unwrap();
         let id = store.finish(w).unwrap();
         fs::write(store.path(&id.hash).unwrap(), b"original bytez").unwrap();
         assert!(!store.verify(&id).unwrap());
         assert!(store.path("../../etc/passwd").is_none(), "only hashes map to paths");
+    }
+
+    fn sealed_store(dir: &Path, key: u8) -> BlobStore {
+        BlobStore::open(dir, Some(Arc::new(AtRest::new(&[key; 32])))).unwrap()
+    }
+
+    fn put(store: &BlobStore, bytes: &[u8]) -> BlobId {
+        let mut w = store.begin().unwrap();
+        for part in bytes.chunks(10_000) {
+            w.write(part).unwrap();
+        }
+        store.finish(w).unwrap()
+    }
+
+    #[test]
+    fn sealed_blobs_read_back_whole_and_by_range_at_every_chunk_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(dir.path(), 7);
+        let c = crypt::CHUNK;
+        for size in [0, 1, 1000, c - 1, c, c + 1, 3 * c + 17] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let id = put(&store, &bytes);
+            assert_eq!(id.size, size as u64);
+            assert_ne!(id.hash, blake3::hash(&bytes).to_hex().to_string(), "names are keyed");
+            let on_disk = fs::read(store.path(&id.hash).unwrap()).unwrap();
+            assert_eq!(on_disk.len() as u64, crypt::sealed_len(size as u64));
+            if size >= 1000 {
+                assert!(!on_disk.windows(64).any(|w| bytes.windows(64).take(50).any(|b| b == w)));
+            }
+            assert!(store.verify(&id).unwrap(), "size {size}");
+            assert_eq!(store.read_small(&id.hash, size as u64).unwrap(), bytes);
+            for (start, len) in [(0, size), (0, size.min(1)), (size / 2, size - size / 2), (c - 3, 7), (c, c + 1)] {
+                if start + len > size {
+                    continue;
+                }
+                let got = store.read_range(&id.hash, start as u64, len).unwrap();
+                assert_eq!(got, &bytes[start..start + len], "size {size} range {start}+{len}");
+            }
+            assert!(store.read_range(&id.hash, size as u64, 1).is_err(), "beyond the end");
+        }
+        assert_eq!(store.list().unwrap().len(), 7);
+        assert!(store.list().unwrap().iter().all(|(_, size, _)| *size != u64::MAX));
+    }
+
+    #[test]
+    fn sealed_blobs_that_were_changed_cut_or_swapped_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(dir.path(), 7);
+        let a: Vec<u8> = (0..3 * crypt::CHUNK).map(|i| (i % 253) as u8).collect();
+        let b: Vec<u8> = a.iter().map(|x| x ^ 0x55).collect();
+        let (ia, ib) = (put(&store, &a), put(&store, &b));
+        let (pa, pb) = (store.path(&ia.hash).unwrap(), store.path(&ib.hash).unwrap());
+        let (fa, fb) = (fs::read(&pa).unwrap(), fs::read(&pb).unwrap());
+
+        // One flipped bit in the middle chunk: that chunk fails, the others still read.
+        let mut flipped = fa.clone();
+        flipped[crypt::HEADER + crypt::CHUNK + 100] ^= 1;
+        fs::write(&pa, &flipped).unwrap();
+        assert!(!store.verify(&ia).unwrap());
+        let err = store.read_range(&ia.hash, crypt::CHUNK as u64, 10).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert_eq!(store.read_range(&ia.hash, 0, 10).unwrap(), &a[..10]);
+
+        // Cut after a whole chunk: the new last chunk was not sealed as last.
+        fs::write(&pa, &fa[..crypt::HEADER + 2 * (crypt::CHUNK + 16)]).unwrap();
+        assert!(!store.verify(&ia).unwrap());
+        assert!(store.read_range(&ia.hash, crypt::CHUNK as u64, 10).is_err());
+
+        // B's file under A's name: the sealed name does not match.
+        fs::write(&pa, &fb).unwrap();
+        assert!(!store.verify(&ia).unwrap());
+        assert!(store.read_range(&ia.hash, 0, 10).is_err());
+        assert!(store.read_small(&ia.hash, 10).is_err());
+
+        // Another key: nothing reads.
+        fs::write(&pa, &fa).unwrap();
+        let other = sealed_store(dir.path(), 8);
+        assert!(!other.verify(&ia).unwrap());
+        assert!(other.read_range(&ia.hash, 0, 10).is_err());
+        assert!(store.verify(&ia).unwrap() && store.verify(&ib).unwrap(), "the right key still reads both");
     }
 }

@@ -180,7 +180,11 @@ impl Store {
         let Some(bytes) = self.db.get_pinned_cf(self.cf("entries"), key)? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Record>(&bytes) {
+        let decoded = match self.unseal(key, &bytes) {
+            Some(plain) => serde_json::from_slice::<Record>(&plain).map_err(|e| e.to_string()),
+            None => Err("failed authentication".to_string()),
+        };
+        match decoded {
             Ok(r) => {
                 let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
                 if c.gen == gen {
@@ -241,6 +245,16 @@ impl Store {
         serde_json::to_vec(v).unwrap_or_default()
     }
 
+    /// An `entries` value as stored (sealed when encrypted).
+    pub(super) fn encode_record(&self, key: &[u8], r: &Record) -> Vec<u8> {
+        self.seal(key, Self::encode(r))
+    }
+
+    /// An `entries` value read back; `None` if it is undecodable or fails authentication.
+    pub(super) fn decode_record(&self, key: &[u8], stored: &[u8]) -> Option<Record> {
+        serde_json::from_slice(&self.unseal(key, stored)?).ok()
+    }
+
     /// Commits `entry` at `key` (and the `Vary` field list at `primary` when it differs), pointing at the
     /// durable blob `blob`; adjusts refcounts of the new and any replaced blob in the same batch.
     pub fn commit_entry(
@@ -282,11 +296,11 @@ impl Store {
             batch.put_cf(self.cf("groups"), group_index_key(g, entry.response_time_ms, key), b"");
         }
         if key != primary {
-            batch.put_cf(entries, primary, Self::encode(&Record::Vary(vary_fields.to_vec())));
+            batch.put_cf(entries, primary, self.encode_record(primary, &Record::Vary(vary_fields.to_vec())));
         } else if let Lookup::Vary(_) = self.lookup(primary)? {
             // The response stopped varying: variants under this primary become unreachable; they age out.
         }
-        batch.put_cf(entries, key, Self::encode(&Record::Entry(entry.clone())));
+        batch.put_cf(entries, key, self.encode_record(key, &Record::Entry(entry.clone())));
         self.db.write(batch)?;
         self.forget(Some(&[primary, key]));
         Ok(new_blob)
@@ -295,7 +309,7 @@ impl Store {
     /// Rewrites an entry's head (after a 304), keeping its blob.
     pub fn update_entry(&self, key: &[u8], entry: &Entry) -> Result<(), StoreError> {
         self.db
-            .put_cf(self.cf("entries"), key, Self::encode(&Record::Entry(entry.clone())))?;
+            .put_cf(self.cf("entries"), key, self.encode_record(key, &Record::Entry(entry.clone())))?;
         self.forget(Some(&[key]));
         Ok(())
     }
@@ -338,10 +352,10 @@ impl Store {
             if k.len() != primary.len() && k[primary.len()] != crate::cache::key::VARIANT_SEP {
                 continue;
             }
-            if let Ok(Record::Entry(mut e)) = serde_json::from_slice::<Record>(&v) {
+            if let Some(Record::Entry(mut e)) = self.decode_record(&k, &v) {
                 if !e.invalidated {
                     e.invalidated = true;
-                    batch.put_cf(entries, &k, Self::encode(&Record::Entry(e)));
+                    batch.put_cf(entries, &k, self.encode_record(&k, &Record::Entry(e)));
                     n += 1;
                 }
             }
@@ -397,7 +411,7 @@ impl Store {
                 RetainDrop::Body => {
                     e.body_dropped = true;
                     e.blob = String::new();
-                    batch.put_cf(self.cf("entries"), entry_key, Self::encode(&Record::Entry(e)));
+                    batch.put_cf(self.cf("entries"), entry_key, self.encode_record(entry_key, &Record::Entry(e)));
                 }
                 RetainDrop::Entry => batch.delete_cf(self.cf("entries"), entry_key),
             }
@@ -454,8 +468,13 @@ impl Store {
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
         let mut entries = 0u64;
         for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
-            let (_, v) = item?;
-            if v.first() == Some(&b'{') && v.starts_with(b"{\"Entry\"") {
+            let (k, v) = item?;
+            let is_entry = if self.encrypted() {
+                matches!(self.decode_record(&k, &v), Some(Record::Entry(_)))
+            } else {
+                v.starts_with(b"{\"Entry\"")
+            };
+            if is_entry {
                 entries += 1;
             }
         }
@@ -490,7 +509,7 @@ impl Store {
         let access = self.cf("access");
         for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
-            let Ok(Record::Entry(e)) = serde_json::from_slice::<Record>(&v) else {
+            let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
             };
             let t = self
@@ -545,7 +564,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
-            let Ok(Record::Entry(e)) = serde_json::from_slice::<Record>(&v) else {
+            let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
             };
             if kind.is_some_and(|want| e.kind != want) {
@@ -563,8 +582,8 @@ impl Store {
     pub fn kind_usage(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
         for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
-            let (_, v) = item?;
-            let Ok(Record::Entry(e)) = serde_json::from_slice::<Record>(&v) else {
+            let (k, v) = item?;
+            let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
             };
             let s: &mut (u64, u64) = out.entry(e.kind.clone()).or_default();

@@ -1,11 +1,14 @@
-//! Durable state in the data directory: RocksDB for metadata (one column family per record type) and,
-//! later, content-addressed blob files under `blobs/`.
+//! Durable state in the data directory: RocksDB for metadata (one column family per record type) and
+//! content-addressed blob files under `blobs/`.
 //!
 //! Promises: one process per data directory (a second start fails with a clear error); the schema version
 //! is checked at open so an incompatible layout is refused, never misread; writes that must survive a
-//! crash are synced.
+//! crash are synced. With an encryption key, response entries, queued requests and blobs are sealed
+//! ([`crypt`]), and a data dir is only ever opened with the key it was written with (or, if it was
+//! written without one, without a key).
 
 mod blob;
+mod crypt;
 mod entry;
 mod outbox;
 mod verify;
@@ -17,6 +20,7 @@ use std::sync::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
+pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained};
 pub use outbox::{ItemState, OutboxRecord};
 pub use verify::VerifyReport;
@@ -29,6 +33,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const COLUMN_FAMILIES: [&str; 6] = ["entries", "blobs", "access", "meta", "outbox", "groups"];
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// `none`, or the check value of the key the data dir is sealed with.
+const ENCRYPTION_KEY: &[u8] = b"encryption";
 
 /// Opening or using the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,14 @@ pub enum StoreError {
         /// Decoder message.
         reason: String,
     },
+    /// The configured encryption key (or its absence) does not fit the data dir.
+    #[error("data dir {dir}: {reason}")]
+    Encryption {
+        /// The data directory.
+        dir: PathBuf,
+        /// What does not fit, and what to do.
+        reason: String,
+    },
     /// The data was written by an incompatible version.
     #[error("data dir {dir} has schema version {found}, this build reads {SCHEMA_VERSION}")]
     Schema {
@@ -79,13 +93,21 @@ pub struct Store {
     records: Mutex<entry::RecordCache>,
     /// Fills that could not be stored (disk full, I/O errors), for stats.
     write_errors: std::sync::atomic::AtomicU64,
+    /// Set when the data dir is encrypted at rest.
+    at_rest: Option<std::sync::Arc<AtRest>>,
     // Held for the process lifetime: the OS lock is what keeps a second instance out.
     _lock: File,
 }
 
 impl Store {
-    /// Opens (creating if needed) the data directory.
+    /// Opens (creating if needed) a data directory that is not encrypted.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_key(dir, None)
+    }
+
+    /// Opens (creating if needed) the data directory; with `key`, everything stored is sealed with it. A
+    /// new data dir takes the mode it is first opened with; later opens must match it.
+    pub fn open_with_key(dir: &Path, key: Option<&[u8; 32]>) -> Result<Store, StoreError> {
         let data_err = |reason: String| StoreError::DataDir {
             dir: dir.to_path_buf(),
             reason,
@@ -125,20 +147,26 @@ impl Store {
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
-        let store = Store {
+        let at_rest = key.map(|k| std::sync::Arc::new(AtRest::new(k)));
+        let mut store = Store {
             db,
             dir: dir.to_path_buf(),
-            blobs: BlobStore::open(dir)?,
+            // Replaced below once the key is known to fit: nothing is read or cleaned before that.
+            blobs: BlobStore::open(dir, None)?,
             commit_lock: Mutex::new(()),
             records: Mutex::new(entry::RecordCache::new(4096)),
             write_errors: std::sync::atomic::AtomicU64::new(0),
+            at_rest: at_rest.clone(),
             _lock: lock,
         };
-        store.check_schema()?;
+        let new = store.check_schema()?;
+        store.check_encryption(new)?;
+        store.blobs = BlobStore::open(dir, at_rest)?;
         Ok(store)
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// Checks the layout version; true when the data dir is new.
+    fn check_schema(&self) -> Result<bool, StoreError> {
         let meta = self.cf("meta");
         match self.db.get_cf(meta, SCHEMA_KEY)? {
             None => {
@@ -146,14 +174,69 @@ impl Store {
                 wo.set_sync(true);
                 self.db
                     .put_cf_opt(meta, SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes(), &wo)?;
-                Ok(())
+                Ok(true)
             }
-            Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
+            Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(false),
             Some(v) => Err(StoreError::Schema {
                 dir: self.dir.clone(),
                 found: String::from_utf8_lossy(&v).into_owned(),
             }),
         }
+    }
+
+    /// Refuses a key that does not fit the data dir. Data dirs from before encryption existed are plain.
+    fn check_encryption(&self, new: bool) -> Result<(), StoreError> {
+        let meta = self.cf("meta");
+        let wanted = self.at_rest.as_ref().map_or("none", |a| a.check_value()).to_string();
+        let found = match self.db.get_cf(meta, ENCRYPTION_KEY)? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None if new => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db.put_cf_opt(meta, ENCRYPTION_KEY, wanted.as_bytes(), &wo)?;
+                return Ok(());
+            }
+            None => "none".to_string(),
+        };
+        if found == wanted {
+            return Ok(());
+        }
+        let reason = match (found.as_str(), &self.at_rest) {
+            ("none", _) => "was written without encryption, but an encryption key is configured; \
+                 existing data is not converted: start with a new data dir, or remove the key"
+                .to_string(),
+            (_, None) => "is encrypted at rest; configure its key (encryption.key_file or \
+                 encryption.key_env in the config, or --key-file/--key-env)"
+                .to_string(),
+            (_, Some(_)) => "the encryption key does not match the key this data dir was written with; \
+                 nothing was read or served"
+                .to_string(),
+        };
+        Err(StoreError::Encryption {
+            dir: self.dir.clone(),
+            reason,
+        })
+    }
+
+    /// Seals a record value stored under `key` (unchanged when not encrypted).
+    pub(crate) fn seal(&self, key: &[u8], plain: Vec<u8>) -> Vec<u8> {
+        match &self.at_rest {
+            None => plain,
+            Some(a) => a.seal_record(key, &plain),
+        }
+    }
+
+    /// Opens a record value stored under `key`; `None` if it fails authentication.
+    pub(crate) fn unseal<'a>(&self, key: &[u8], stored: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match &self.at_rest {
+            None => Some(std::borrow::Cow::Borrowed(stored)),
+            Some(a) => a.open_record(key, stored).map(std::borrow::Cow::Owned),
+        }
+    }
+
+    /// True when the data dir is encrypted at rest.
+    pub fn encrypted(&self) -> bool {
+        self.at_rest.is_some()
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

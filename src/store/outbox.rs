@@ -91,12 +91,24 @@ fn synced() -> WriteOptions {
 }
 
 impl Store {
-    /// Writes (inserts or replaces) an item durably.
-    pub fn outbox_put(&self, item: &OutboxRecord) -> Result<(), StoreError> {
+    /// An item as stored (sealed when encrypted: it holds the app's headers, credentials included).
+    fn encode_item(&self, item: &OutboxRecord) -> Result<Vec<u8>, StoreError> {
         let v = serde_json::to_vec(item).map_err(|e| StoreError::Corrupt {
             cf: "outbox",
             reason: e.to_string(),
         })?;
+        Ok(self.seal(&item.seq.to_be_bytes(), v))
+    }
+
+    /// An item read back.
+    pub(super) fn decode_item(&self, key: &[u8], stored: &[u8]) -> Result<OutboxRecord, String> {
+        let plain = self.unseal(key, stored).ok_or("failed authentication")?;
+        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+
+    /// Writes (inserts or replaces) an item durably.
+    pub fn outbox_put(&self, item: &OutboxRecord) -> Result<(), StoreError> {
+        let v = self.encode_item(item)?;
         self.db
             .put_cf_opt(self.cf("outbox"), item.seq.to_be_bytes(), v, &synced())?;
         Ok(())
@@ -106,10 +118,7 @@ impl Store {
     pub fn outbox_put_all(&self, items: &[OutboxRecord]) -> Result<(), StoreError> {
         let mut batch = rocksdb::WriteBatch::default();
         for item in items {
-            let v = serde_json::to_vec(item).map_err(|e| StoreError::Corrupt {
-                cf: "outbox",
-                reason: e.to_string(),
-            })?;
+            let v = self.encode_item(item)?;
             batch.put_cf(self.cf("outbox"), item.seq.to_be_bytes(), v);
         }
         self.db.write_opt(batch, &synced())?;
@@ -127,7 +136,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
-            match serde_json::from_slice::<OutboxRecord>(&v) {
+            match self.decode_item(&k, &v) {
                 Ok(r) => out.push(r),
                 Err(e) => tracing::error!(key = ?k, error = %e, "undecodable outbox record skipped"),
             }
@@ -140,7 +149,7 @@ impl Store {
         let Some(v) = self.db.get_pinned_cf(self.cf("outbox"), seq.to_be_bytes())? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<OutboxRecord>(&v) {
+        match self.decode_item(&seq.to_be_bytes(), &v) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
                 tracing::error!(seq, error = %e, "undecodable outbox record skipped");

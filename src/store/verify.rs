@@ -116,9 +116,9 @@ impl Store {
         let mut entry_keys: HashSet<Vec<u8>> = HashSet::new();
         for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
-            match serde_json::from_slice::<Record>(&v) {
-                Ok(Record::Vary(_)) => {}
-                Ok(Record::Entry(e)) => {
+            match self.decode_record(&k, &v) {
+                Some(Record::Vary(_)) => {}
+                Some(Record::Entry(e)) => {
                     report.entries += 1;
                     if e.body_dropped {
                         entry_keys.insert(k.to_vec());
@@ -132,7 +132,7 @@ impl Store {
                         batch.delete_cf(self.cf("entries"), &k);
                     }
                 }
-                Err(_) => {
+                None => {
                     report.undecodable_entries += 1;
                     batch.delete_cf(self.cf("entries"), &k);
                 }
@@ -180,7 +180,7 @@ impl Store {
         for item in self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
             report.outbox_items += 1;
-            if serde_json::from_slice::<super::OutboxRecord>(&v).is_err() {
+            if self.decode_item(&k, &v).is_err() {
                 report.undecodable_outbox_items += 1;
                 tracing::error!(key = ?k, "undecodable outbox record (kept; needs a person)");
             }
