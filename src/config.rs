@@ -1101,11 +1101,7 @@ impl RawConfig {
 
         let encryption = match (&self.encryption.key_file, &self.encryption.key_env) {
             (Some(f), Some(_)) => {
-                return Err(cx.err(
-                    Some(f.span()),
-                    "encryption",
-                    "set key_file or key_env, not both",
-                ))
+                return Err(cx.err(Some(f.span()), "encryption", "set key_file or key_env, not both"))
             }
             (Some(f), None) => Some(
                 EncryptionKey::from_file(Path::new(f.get_ref()))
@@ -1234,6 +1230,52 @@ mod tests {
         Config::from_toml(src, "t.toml", &Overrides::default())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn encryption_keys_load_from_a_file_and_bad_ones_name_the_key_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "ab".repeat(32)).unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "abcd").unwrap();
+        let up = "[upstreams.api]\nurl = \"http://a\"\n";
+        let c = Config::from_toml(
+            &format!("{up}[encryption]\nkey_file = {:?}\n", good.display().to_string()),
+            "t.toml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let key = c.encryption.as_ref().unwrap();
+        assert_eq!(key.bytes(), &[0xab; 32]);
+        assert!(!format!("{c:?}").contains("171"), "the key never shows in Debug");
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .to_lowercase()
+            .contains(&"ab".repeat(8)));
+
+        let e = err(&format!(
+            "{up}[encryption]\nkey_file = {:?}\n",
+            short.display().to_string()
+        ));
+        assert!(
+            e.contains("t.toml") && e.contains("encryption.key_file") && e.contains("a key is 32 bytes"),
+            "{e}"
+        );
+        let e = err(&format!("{up}[encryption]\nkey_file = \"/nonexistent/k\"\n"));
+        assert!(
+            e.contains("encryption.key_file") && e.contains("cannot read /nonexistent/k"),
+            "{e}"
+        );
+        let e = err(&format!("{up}[encryption]\nkey_env = \"OUTPOST_TEST_UNSET_KEY_VAR\"\n"));
+        assert!(
+            e.contains("encryption.key_env") && e.contains("OUTPOST_TEST_UNSET_KEY_VAR"),
+            "{e}"
+        );
+        let e = err(&format!("{up}[encryption]\nkey_file = \"a\"\nkey_env = \"B\"\n"));
+        assert!(e.contains("not both"), "{e}");
+        let e = err(&format!("{up}[encryption]\nkey = \"a\"\n"));
+        assert!(e.contains("encryption") && e.contains("unknown field"), "{e}");
     }
 
     #[test]

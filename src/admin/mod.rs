@@ -244,6 +244,7 @@ impl Admin {
             "storing": self.evictor.accepting(),
             "dedup_saved_bytes": self.store.dedup_saved().unwrap_or(0),
             "store_write_errors": self.store.write_errors(),
+            "encrypted_at_rest": self.store.encrypted(),
             "kinds": per_kind,
             "evictions": evictions,
             "queue_depth": self.outbox.depth(),

@@ -246,7 +246,11 @@ impl BlobStore {
         let Some(dest) = self.path(&hash) else {
             return Err(io::Error::other("hash is not hex"));
         };
-        if dest.exists() && fs::metadata(&dest).map(|m| m.len() == self.file_len(size)).unwrap_or(false) {
+        if dest.exists()
+            && fs::metadata(&dest)
+                .map(|m| m.len() == self.file_len(size))
+                .unwrap_or(false)
+        {
             return Ok(BlobId { hash, size });
         }
         if let Some(mut seal) = seal {
@@ -522,7 +526,13 @@ mod tests {
             }
             assert!(store.verify(&id).unwrap(), "size {size}");
             assert_eq!(store.read_small(&id.hash, size as u64).unwrap(), bytes);
-            for (start, len) in [(0, size), (0, size.min(1)), (size / 2, size - size / 2), (c - 3, 7), (c, c + 1)] {
+            for (start, len) in [
+                (0, size),
+                (0, size.min(1)),
+                (size / 2, size - size / 2),
+                (c - 3, 7),
+                (c, c + 1),
+            ] {
                 if start + len > size {
                     continue;
                 }
@@ -570,6 +580,9 @@ mod tests {
         let other = sealed_store(dir.path(), 8);
         assert!(!other.verify(&ia).unwrap());
         assert!(other.read_range(&ia.hash, 0, 10).is_err());
-        assert!(store.verify(&ia).unwrap() && store.verify(&ib).unwrap(), "the right key still reads both");
+        assert!(
+            store.verify(&ia).unwrap() && store.verify(&ib).unwrap(),
+            "the right key still reads both"
+        );
     }
 }

@@ -246,7 +246,15 @@ mod tests {
 
     #[test]
     fn lengths_round_trip() {
-        for plain in [0u64, 1, 100, CHUNK as u64 - 1, CHUNK as u64, CHUNK as u64 + 1, 3 * CHUNK as u64 + 7] {
+        for plain in [
+            0u64,
+            1,
+            100,
+            CHUNK as u64 - 1,
+            CHUNK as u64,
+            CHUNK as u64 + 1,
+            3 * CHUNK as u64 + 7,
+        ] {
             assert_eq!(plain_len(sealed_len(plain)), Some(plain), "{plain}");
         }
         assert_eq!(plain_len(0), None);
@@ -257,7 +265,10 @@ mod tests {
     fn keys_parse_as_hex_or_base64_and_bad_ones_say_why() {
         let hex = "00".repeat(31) + "ff";
         assert_eq!(parse_key(&hex).unwrap()[31], 0xff);
-        assert_eq!(parse_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap(), [0u8; 32]);
+        assert_eq!(
+            parse_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap(),
+            [0u8; 32]
+        );
         assert!(parse_key("abc").unwrap_err().0.contains("base64"));
         assert!(parse_key("AAAA").unwrap_err().0.contains("3 bytes"));
     }

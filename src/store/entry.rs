@@ -296,7 +296,11 @@ impl Store {
             batch.put_cf(self.cf("groups"), group_index_key(g, entry.response_time_ms, key), b"");
         }
         if key != primary {
-            batch.put_cf(entries, primary, self.encode_record(primary, &Record::Vary(vary_fields.to_vec())));
+            batch.put_cf(
+                entries,
+                primary,
+                self.encode_record(primary, &Record::Vary(vary_fields.to_vec())),
+            );
         } else if let Lookup::Vary(_) = self.lookup(primary)? {
             // The response stopped varying: variants under this primary become unreachable; they age out.
         }
@@ -308,8 +312,11 @@ impl Store {
 
     /// Rewrites an entry's head (after a 304), keeping its blob.
     pub fn update_entry(&self, key: &[u8], entry: &Entry) -> Result<(), StoreError> {
-        self.db
-            .put_cf(self.cf("entries"), key, self.encode_record(key, &Record::Entry(entry.clone())))?;
+        self.db.put_cf(
+            self.cf("entries"),
+            key,
+            self.encode_record(key, &Record::Entry(entry.clone())),
+        )?;
         self.forget(Some(&[key]));
         Ok(())
     }
@@ -411,7 +418,11 @@ impl Store {
                 RetainDrop::Body => {
                     e.body_dropped = true;
                     e.blob = String::new();
-                    batch.put_cf(self.cf("entries"), entry_key, self.encode_record(entry_key, &Record::Entry(e)));
+                    batch.put_cf(
+                        self.cf("entries"),
+                        entry_key,
+                        self.encode_record(entry_key, &Record::Entry(e)),
+                    );
                 }
                 RetainDrop::Entry => batch.delete_cf(self.cf("entries"), entry_key),
             }
