@@ -4,7 +4,8 @@
 //! the origin's bytes. Checked at the end: every write it acknowledged reached the backend exactly once,
 //! and `outpost verify` finds nothing wrong.
 //!
-//! 50 kills by default; `CRASHTEST_RUNS=500 cargo test --release --test crash` for the long run.
+//! 50 kills by default (and 25 more with encryption at rest on); `CRASHTEST_RUNS=500 cargo test --release
+//! --test crash` for the long run (both variants).
 
 mod common;
 
@@ -151,8 +152,8 @@ async fn load(
     while tasks.join_next().await.is_some() {}
 }
 
-fn config(dir: &std::path::Path, backend: &DemoBackend) -> std::path::PathBuf {
-    let src = format!(
+fn config(dir: &std::path::Path, backend: &DemoBackend, encrypt: bool) -> std::path::PathBuf {
+    let mut src = format!(
         r#"listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 data_dir = {data:?}
@@ -198,17 +199,34 @@ ignore_query = ["X-Amz-*"]
         api = backend.api_url(),
         media = backend.media_url(),
     );
+    if encrypt {
+        let key = dir.join("key");
+        std::fs::write(&key, "5e".repeat(32)).unwrap();
+        src.push_str(&format!("\n[encryption]\nkey_file = {:?}\n", key.display().to_string()));
+    }
     let path = dir.join("outpost.toml");
     std::fs::write(&path, src).unwrap();
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_origin_bytes() {
-    let runs: usize = std::env::var("CRASHTEST_RUNS")
+fn runs(default: usize) -> usize {
+    std::env::var("CRASHTEST_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_origin_bytes() {
+    crash_run(runs(50), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_encryption_at_rest_loses_nothing_and_serves_only_origin_bytes() {
+    crash_run(runs(25), true).await;
+}
+
+async fn crash_run(runs: usize, encrypt: bool) {
     let backend = DemoBackend::start(DemoOptions {
         audio_size: AUDIO,
         ..Default::default()
@@ -216,7 +234,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_o
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &backend);
+    let cfg = config(dir.path(), &backend, encrypt);
     let client = HttpClient::new(Duration::from_secs(5));
     let mut snapshots = HashMap::new();
     for t in 1..=3 {
@@ -299,12 +317,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_serves_only_o
         "the load was served too few bodies to mean anything"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .arg("verify")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
+    let mut verify = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    verify.arg("verify").arg("--data-dir").arg(dir.path().join("data"));
+    if encrypt {
+        verify.arg("--key-file").arg(dir.path().join("key"));
+    }
+    let out = verify.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
