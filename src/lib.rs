@@ -32,6 +32,7 @@ pub mod import;
 pub mod proxy;
 pub mod rewrite;
 pub mod routes;
+pub mod sendfile;
 pub mod server;
 pub mod store;
 pub mod sync;
@@ -167,12 +168,15 @@ impl Outpost {
             metrics.clone(),
         ));
         let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), proxy.clone()).run(shutdown.triggered()));
-        let proxy_server = Server::spawn(
+        // Sealed blobs are decrypted in memory, so only plain ones can go from file to socket.
+        let regions = (!store.encrypted()).then(|| store.blobs().regions());
+        let proxy_server = Server::spawn_with_regions(
             "proxy",
             listener,
             shutdown.clone(),
             config.shutdown_grace,
             config.header_read_timeout,
+            regions,
             move |req, peer| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req, peer).await }

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::body::ProxyBody;
+use crate::sendfile::{ConnIo, FileRegions};
 
 /// One signal every task watches; triggering it starts shutdown everywhere.
 #[derive(Clone)]
@@ -74,6 +76,23 @@ impl Server {
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
+        Self::spawn_with_regions(name, listener, shutdown, grace, header_read_timeout, None, handler)
+    }
+
+    /// Same, sending response bytes that lie in `regions` with `sendfile(2)` (see [`crate::sendfile`]).
+    pub fn spawn_with_regions<H, F>(
+        name: &'static str,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+        grace: Duration,
+        header_read_timeout: Duration,
+        regions: Option<Arc<FileRegions>>,
+        handler: H,
+    ) -> Server
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
         let task = tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -104,7 +123,8 @@ impl Server {
                     let fut = handler(req, peer);
                     async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let io = TokioIo::new(ConnIo::new(stream, regions.clone()));
+                let conn = builder.serve_connection(io, svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

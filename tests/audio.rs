@@ -56,8 +56,18 @@ async fn every_range_form_is_served_from_a_stored_file_even_offline() {
         ("bytes=5-9", vec![("if-range", etag.as_str())], 206, Some((5, 10))),
         ("bytes=5-9", vec![("if-range", "\"other\"")], 200, Some((0, SIZE))),
     ];
+    let zero_copy = || async {
+        outpost::admin::client::get_json(env.outpost.admin_addr(), "/api/stats")
+            .await
+            .unwrap()["zero_copy_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = zero_copy().await;
+    let mut sent = 0;
     for (spec, extra, status, slice) in cases {
         let r = range(&env, "/media/s3/renders/a2.mp3?X-Amz-Signature=two", spec, &extra).await;
+        sent += r.body.len() as u64;
         assert_eq!(r.head.status.as_u16(), status, "{spec} {extra:?}");
         match slice {
             Some((a, b)) => assert_eq!(r.body.as_ref(), &want[a..b], "{spec}"),
@@ -72,6 +82,9 @@ async fn every_range_form_is_served_from_a_stored_file_even_offline() {
             assert_eq!(r.header("accept-ranges"), Some("bytes"));
         }
     }
+    // Every body byte above went from the blob file to the socket with sendfile(2), on kept-alive
+    // connections whose next answers still parsed.
+    assert_eq!(zero_copy().await - before, sent);
     env.stop().await;
 }
 

@@ -245,6 +245,7 @@ impl Admin {
             "dedup_saved_bytes": self.store.dedup_saved().unwrap_or(0),
             "store_write_errors": self.store.write_errors(),
             "encrypted_at_rest": self.store.encrypted(),
+            "zero_copy_bytes": self.store.blobs().regions().sent_bytes(),
             "kinds": per_kind,
             "evictions": evictions,
             "queue_depth": self.outbox.depth(),

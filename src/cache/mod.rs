@@ -14,12 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError, ProxyBody};
@@ -155,9 +154,13 @@ pub struct FillInfo {
     pub retain: Option<(String, usize, RetainDrop)>,
 }
 
-/// Answers up to this size are read from their blob in one positioned read on the request's task;
-/// larger ones stream through the blocking pool in chunks.
+/// Sealed answers up to this size are decrypted in one go on the request's task; larger ones stream
+/// through the blocking pool a few chunks at a time.
 const SMALL_BODY: u64 = 256 * 1024;
+
+/// Plain blobs larger than this are answered as slices of a map of their file, which the proxy's
+/// connections send with `sendfile(2)` (no copy); smaller ones come from memory.
+const MAPPED_MIN: u64 = 32 * 1024;
 
 /// The cache engine.
 pub struct Cache {
@@ -353,27 +356,31 @@ impl Cache {
             hash: hit.entry.blob.clone(),
             reason: e.to_string(),
         };
+        let sealed = self.store.blobs().sealed();
         let body = if head_only || len == 0 {
             body::empty()
-        } else if size <= crate::store::HOT_BLOB_MAX {
+        } else if size <= MAPPED_MIN || (sealed && size <= crate::store::HOT_BLOB_MAX) {
             // Small answers come from memory once read (content-addressed bytes never change).
             let all = self.store.blobs().read_small(&hit.entry.blob, size).map_err(blob_err)?;
             let end = (start + len).min(all.len() as u64);
             body::full(all.slice(start.min(end) as usize..end as usize))
-        } else if len <= SMALL_BODY {
-            // One positioned read from the page cache costs microseconds; a blocking-pool round trip per
-            // chunk (tokio::fs) costs more than the read itself for answers this small (audio ranges).
+        } else if !sealed {
+            // A slice of the file's map: sent from the page cache by the connection, whatever its length.
             body::full(
                 self.store
                     .blobs()
                     .read_range(&hit.entry.blob, start, len as usize)
                     .map_err(blob_err)?,
             )
-        } else if self.store.blobs().sealed() {
-            sealed_body(self.store.clone(), hit.entry.blob.clone(), start, len)
+        } else if len <= SMALL_BODY {
+            body::full(
+                self.store
+                    .blobs()
+                    .read_range(&hit.entry.blob, start, len as usize)
+                    .map_err(blob_err)?,
+            )
         } else {
-            let file = self.store.blobs().open_blob(&hit.entry.blob).map_err(blob_err)?;
-            file_body(tokio::fs::File::from_std(file), start, len)
+            sealed_body(self.store.clone(), hit.entry.blob.clone(), start, len)
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -584,33 +591,6 @@ fn sealed_body(store: Arc<Store>, hash: String, start: u64, len: u64) -> ProxyBo
             Ok(Ok(b)) => Some((Ok(Frame::data(b)), (store, hash, at + n, end))),
             Ok(Err(e)) => Some((Err(Box::new(e) as BoxError), (store, hash, end, end))),
             Err(e) => Some((Err(Box::new(e) as BoxError), (store, hash, end, end))),
-        }
-    });
-    StreamBody::new(s).boxed()
-}
-
-/// Streams `len` bytes of a blob file from `start`, in 64 KiB chunks; a short file ends the body with an
-/// error.
-pub fn file_body(file: tokio::fs::File, start: u64, len: u64) -> ProxyBody {
-    let s = stream::unfold((file, len, start), |(mut file, left, seek)| async move {
-        if left == 0 {
-            return None;
-        }
-        if seek > 0 {
-            if let Err(e) = file.seek(std::io::SeekFrom::Start(seek)).await {
-                return Some((Err(Box::new(e) as BoxError), (file, 0, 0)));
-            }
-        }
-        let want = left.min(64 * 1024) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        match file.read(&mut buf).await {
-            Ok(0) => Some((Err::<Frame<Bytes>, BoxError>("blob ended early".into()), (file, 0, 0))),
-            Ok(n) => {
-                buf.truncate(n);
-                let left = left - n as u64;
-                Some((Ok(Frame::data(buf.freeze())), (file, left, 0)))
-            }
-            Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0, 0))),
         }
     });
     StreamBody::new(s).boxed()

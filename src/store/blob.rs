@@ -33,7 +33,9 @@ pub struct BlobStore {
     /// Read-only maps of recently read blobs: a range answer is a slice of the page cache, with no copy
     /// into the process (audio players read the same files range after range). A removed blob's map
     /// is dropped with it (once the answers still using it are sent), so its disk space is freed.
-    handles: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<memmap2::Mmap>>>,
+    handles: std::sync::Mutex<lru::LruCache<String, Arc<BlobMap>>>,
+    /// Where the maps are, for connections that send them with `sendfile(2)`.
+    regions: Arc<crate::sendfile::FileRegions>,
     /// Fault injection (tests, drills): every write and commit of a blob fails like a full disk.
     fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Set when blobs are sealed (encryption at rest).
@@ -41,14 +43,38 @@ pub struct BlobStore {
 }
 
 /// Blob maps kept.
-const HANDLES: usize = 16;
+const HANDLES: usize = 64;
+
+/// A read-only map of a blob file, registered as a file region while it exists.
+struct BlobMap {
+    map: memmap2::Mmap,
+    regions: Arc<crate::sendfile::FileRegions>,
+}
+
+impl BlobMap {
+    fn new(file: File, regions: &Arc<crate::sendfile::FileRegions>) -> io::Result<BlobMap> {
+        let map = map_blob(&file)?;
+        regions.register(map.as_ptr(), map.len(), Arc::new(file));
+        Ok(BlobMap {
+            map,
+            regions: regions.clone(),
+        })
+    }
+}
+
+impl Drop for BlobMap {
+    fn drop(&mut self) {
+        // Runs before the map field is unmapped: no one can find the region once its address is free.
+        self.regions.unregister(self.map.as_ptr());
+    }
+}
 
 /// A shared map as the owner of `Bytes`.
-struct MappedBlob(std::sync::Arc<memmap2::Mmap>);
+struct MappedBlob(Arc<BlobMap>);
 
 impl AsRef<[u8]> for MappedBlob {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.0.map
     }
 }
 
@@ -172,7 +198,13 @@ impl BlobStore {
             )),
             fail_writes: Default::default(),
             at_rest,
+            regions: Default::default(),
         })
+    }
+
+    /// The memory regions of blob maps (see [`crate::sendfile`]).
+    pub fn regions(&self) -> Arc<crate::sendfile::FileRegions> {
+        self.regions.clone()
     }
 
     /// True when blobs are sealed (encryption at rest).
@@ -285,7 +317,7 @@ impl BlobStore {
         let map = match cached {
             Some(m) => m,
             None => {
-                let m = std::sync::Arc::new(map_blob(&self.open_blob(hash)?)?);
+                let m = Arc::new(BlobMap::new(self.open_blob(hash)?, &self.regions)?);
                 if let Ok(mut h) = self.handles.lock() {
                     h.put(hash.to_string(), m.clone());
                 }
@@ -295,7 +327,7 @@ impl BlobStore {
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         let end = start
             .checked_add(len)
-            .filter(|e| *e <= map.len())
+            .filter(|e| *e <= map.map.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the blob"))?;
         Ok(bytes::Bytes::from_owner(MappedBlob(map)).slice(start..end))
     }
