@@ -412,6 +412,11 @@ def table(rows, notes, peak, starts, rest):
             lines.append(f"| {title}: {label} | {fmt(o_v)} | {fmt(n_v)} | {o_v / n_v:.2f}× |")
             lines.append(f"| {title}: p99 / max ms | {o_p:.2f} / {o_m:.1f} | {n_p:.2f} / {n_m:.1f} | "
                          f"{o_p / n_p:.2f}× (p99) |")
+            # The spread: each Outpost run against the nginx run right after it.
+            pairs = [o[unit] / n[unit] for o, n in zip(res[op.name], res[ng.name]) if n[unit]]
+            won = sum(1 for r in pairs if r >= 1.0)
+            notes.append(f"{title}: per-run ratios " + ", ".join(f"{r:.2f}" for r in pairs)
+                         + f" (Outpost ahead in {won} of {len(pairs)})")
         else:
             lines.append(f"| {title}: {label} | {fmt(o_v)} | n/a | n/a |")
             lines.append(f"| {title}: p99 / max ms | {o_p:.2f} / {o_m:.1f} | n/a | n/a |")

@@ -10,7 +10,9 @@
 //! - [`sync`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts).
 //! - [`evict`]: the size budget: LRU eviction in the background, pins, usage.
 //! - [`import`]: `outpost import`, moving an existing audio cache into the store.
-//! - [`store`]: the data directory: RocksDB column families and content-addressed blob files.
+//! - [`store`]: the data directory: RocksDB column families and content-addressed blob files, optionally
+//!   encrypted at rest.
+//! - [`sendfile`]: stored bodies sent from the blob file to the socket with `sendfile(2)` (no copy).
 //! - [`admin`]: the admin API on its own loopback port.
 //! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
 //! - [`demo`]: the demo backend shaped like the product's API, with fault knobs; used by `demo` and tests.
