@@ -82,7 +82,12 @@ fn store(c: &mut Criterion) {
     c.bench_function("blob: 64 KiB read of a 1 MiB blob, encrypted at rest", |b| {
         b.iter(|| {
             chunk = (chunk + 3) % 16;
-            black_box(sealed.blobs().read_range(&sealed_blob.hash, chunk * 65_536, 65_536).unwrap())
+            black_box(
+                sealed
+                    .blobs()
+                    .read_range(&sealed_blob.hash, chunk * 65_536, 65_536)
+                    .unwrap(),
+            )
         })
     });
 }
