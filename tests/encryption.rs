@@ -7,10 +7,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use common::{walk, TestEnv};
+use common::{wait_until, walk, Stopped, TestEnv};
 use http::Method;
 use outpost::config::{Config, EncryptionKey};
 use outpost::demo::{audio_bytes, make_token, Fault};
@@ -56,21 +56,7 @@ async fn fill_and_scan(key: Option<EncryptionKey>) -> (Stopped, Vec<(&'static st
         .await
         .unwrap();
     assert_eq!(q.head.status, 202, "queued durably");
-    let env = env.restart(|_, _| {}).await;
-    let TestEnv {
-        backend,
-        outpost,
-        client,
-        dir,
-        config,
-    } = env;
-    outpost.shutdown().await;
-    let env = Stopped {
-        backend,
-        client,
-        dir,
-        config,
-    };
+    let env = env.restart(|_, _| {}).await.stop_outpost().await;
 
     let mid = a1.len() / 2;
     let markers: Vec<(&'static str, Vec<u8>)> = vec![
@@ -99,14 +85,6 @@ async fn fill_and_scan(key: Option<EncryptionKey>) -> (Stopped, Vec<(&'static st
         })
         .collect();
     (env, found)
-}
-
-/// The test environment with Outpost stopped (the backend still runs).
-struct Stopped {
-    backend: outpost::demo::DemoBackend,
-    client: outpost::admin::client::HttpClient,
-    dir: tempfile::TempDir,
-    config: Config,
 }
 
 async fn start_err(config: &Config) -> String {
@@ -225,11 +203,7 @@ async fn an_encrypted_data_dir_holds_no_plaintext_and_refuses_wrong_or_missing_k
     assert_eq!(stats["encrypted_at_rest"], true);
 
     env.backend.set_fault(Fault::Up);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while outpost.outbox().depth() > 0 {
-        assert!(Instant::now() < deadline, "the queue did not drain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the queue to drain", 15, || outpost.outbox().depth() == 0).await;
     let delivered: Vec<_> = env
         .backend
         .state()

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{wait_until, TestEnv};
 use outpost::admin::client::get_json;
 use outpost::demo::{audio_bytes, Fault};
 
@@ -89,11 +89,7 @@ async fn a_flapping_backend_loses_no_write_and_serves_only_whole_bodies() {
         assert!(r.head.status == 200 || r.head.status == 503, "{}", r.head.status);
     }
     env.backend.set_fault(Fault::Up);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.outpost.outbox().depth() > 0 {
-        assert!(Instant::now() < deadline, "the queue never drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the queue to drain", 30, || env.outpost.outbox().depth() == 0).await;
     let applied: Vec<String> = env
         .backend
         .state()

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{wait_until, TestEnv};
 use http::Method;
 use outpost::admin::client::Collected;
 use outpost::config::ConflictPolicy;
@@ -23,14 +23,6 @@ async fn post(env: &TestEnv, path: &str, body: &str, headers: &[(&str, &str)]) -
         .call(Method::POST, &env.url(path), &h, Some(body.as_bytes().to_vec()))
         .await
         .expect("request")
-}
-
-async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

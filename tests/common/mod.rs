@@ -61,6 +61,13 @@ impl TestEnv {
     /// Stops Outpost, runs `between` (with the backend and the data dir), and starts it again on the same
     /// config and data dir.
     pub async fn restart(self, between: impl FnOnce(&DemoBackend, &std::path::Path)) -> TestEnv {
+        let stopped = self.stop_outpost().await;
+        between(&stopped.backend, stopped.dir.path());
+        stopped.start().await
+    }
+
+    /// Stops Outpost only; the backend, client, data dir and config stay.
+    pub async fn stop_outpost(self) -> Stopped {
         let TestEnv {
             backend,
             outpost,
@@ -69,11 +76,8 @@ impl TestEnv {
             config,
         } = self;
         outpost.shutdown().await;
-        between(&backend, dir.path());
-        let outpost = Outpost::start(config.clone()).await.expect("restart");
-        TestEnv {
+        Stopped {
             backend,
-            outpost,
             client,
             dir,
             config,
@@ -98,6 +102,37 @@ impl TestEnv {
     pub async fn stop(self) {
         self.outpost.shutdown().await;
         self.backend.stop().await;
+    }
+}
+
+/// A [`TestEnv`] whose Outpost is stopped.
+pub struct Stopped {
+    pub backend: DemoBackend,
+    pub client: HttpClient,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl Stopped {
+    /// Starts Outpost again on the same config and data dir.
+    pub async fn start(self) -> TestEnv {
+        let outpost = Outpost::start(self.config.clone()).await.expect("restart");
+        TestEnv {
+            backend: self.backend,
+            outpost,
+            client: self.client,
+            dir: self.dir,
+            config: self.config,
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it holds; fails the test after `secs`.
+pub async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
