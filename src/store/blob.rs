@@ -37,9 +37,9 @@ pub struct BlobStore {
     /// Where the maps are, for connections that send them with `sendfile(2)`.
     regions: Arc<crate::sendfile::FileRegions>,
     /// Fault injection (tests, drills): every write and commit of a blob fails like a full disk.
-    fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Set when blobs are sealed (encryption at rest).
-    at_rest: Option<std::sync::Arc<AtRest>>,
+    at_rest: Option<Arc<AtRest>>,
 }
 
 /// Blob maps kept.
@@ -104,7 +104,7 @@ pub struct BlobWriter {
     file: tempfile::NamedTempFile,
     hasher: blake3::Hasher,
     size: u64,
-    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
     seal: Option<Sealing>,
 }
 

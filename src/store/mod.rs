@@ -148,73 +148,18 @@ impl Store {
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         let at_rest = key.map(|k| std::sync::Arc::new(AtRest::new(k)));
-        let mut store = Store {
+        // Nothing is read or cleaned up before the key is known to fit the data dir.
+        let new = check_schema(&db, dir)?;
+        check_encryption(&db, dir, new, at_rest.as_deref())?;
+        Ok(Store {
+            blobs: BlobStore::open(dir, at_rest.clone())?,
             db,
             dir: dir.to_path_buf(),
-            // Replaced below once the key is known to fit: nothing is read or cleaned before that.
-            blobs: BlobStore::open(dir, None)?,
             commit_lock: Mutex::new(()),
             records: Mutex::new(entry::RecordCache::new(4096)),
             write_errors: std::sync::atomic::AtomicU64::new(0),
-            at_rest: at_rest.clone(),
+            at_rest,
             _lock: lock,
-        };
-        let new = store.check_schema()?;
-        store.check_encryption(new)?;
-        store.blobs = BlobStore::open(dir, at_rest)?;
-        Ok(store)
-    }
-
-    /// Checks the layout version; true when the data dir is new.
-    fn check_schema(&self) -> Result<bool, StoreError> {
-        let meta = self.cf("meta");
-        match self.db.get_cf(meta, SCHEMA_KEY)? {
-            None => {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                self.db
-                    .put_cf_opt(meta, SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes(), &wo)?;
-                Ok(true)
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(false),
-            Some(v) => Err(StoreError::Schema {
-                dir: self.dir.clone(),
-                found: String::from_utf8_lossy(&v).into_owned(),
-            }),
-        }
-    }
-
-    /// Refuses a key that does not fit the data dir. Data dirs from before encryption existed are plain.
-    fn check_encryption(&self, new: bool) -> Result<(), StoreError> {
-        let meta = self.cf("meta");
-        let wanted = self.at_rest.as_ref().map_or("none", |a| a.check_value()).to_string();
-        let found = match self.db.get_cf(meta, ENCRYPTION_KEY)? {
-            Some(v) => String::from_utf8_lossy(&v).into_owned(),
-            None if new => {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                self.db.put_cf_opt(meta, ENCRYPTION_KEY, wanted.as_bytes(), &wo)?;
-                return Ok(());
-            }
-            None => "none".to_string(),
-        };
-        if found == wanted {
-            return Ok(());
-        }
-        let reason = match (found.as_str(), &self.at_rest) {
-            ("none", _) => "was written without encryption, but an encryption key is configured; \
-                 existing data is not converted: start with a new data dir, or remove the key"
-                .to_string(),
-            (_, None) => "is encrypted at rest; configure its key (encryption.key_file or \
-                 encryption.key_env in the config, or --key-file/--key-env)"
-                .to_string(),
-            (_, Some(_)) => "the encryption key does not match the key this data dir was written with; \
-                 nothing was read or served"
-                .to_string(),
-        };
-        Err(StoreError::Encryption {
-            dir: self.dir.clone(),
-            reason,
         })
     }
 
@@ -269,4 +214,62 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn meta(db: &DB) -> &rocksdb::ColumnFamily {
+    // The families are created at open, so a missing one is a programming error, not bad data.
+    db.cf_handle("meta")
+        .unwrap_or_else(|| panic!("column family meta is opened by Store::open"))
+}
+
+fn put_synced(db: &DB, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    Ok(db.put_cf_opt(meta(db), key, value, &wo)?)
+}
+
+/// Checks the layout version; true when the data dir is new.
+fn check_schema(db: &DB, dir: &Path) -> Result<bool, StoreError> {
+    match db.get_cf(meta(db), SCHEMA_KEY)? {
+        None => {
+            put_synced(db, SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            Ok(true)
+        }
+        Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(false),
+        Some(v) => Err(StoreError::Schema {
+            dir: dir.to_path_buf(),
+            found: String::from_utf8_lossy(&v).into_owned(),
+        }),
+    }
+}
+
+/// Refuses a key that does not fit the data dir. Data dirs from before encryption existed are plain.
+fn check_encryption(db: &DB, dir: &Path, new: bool, at_rest: Option<&AtRest>) -> Result<(), StoreError> {
+    let wanted = at_rest.map_or("none", |a| a.check_value());
+    let found = match db.get_cf(meta(db), ENCRYPTION_KEY)? {
+        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+        None if new => return put_synced(db, ENCRYPTION_KEY, wanted.as_bytes()),
+        None => "none".to_string(),
+    };
+    if found == wanted {
+        return Ok(());
+    }
+    let reason = match (found.as_str(), at_rest) {
+        ("none", _) => {
+            "was written without encryption, but an encryption key is configured; existing data is not \
+             converted: start with a new data dir, or remove the key"
+        }
+        (_, None) => {
+            "is encrypted at rest; configure its key (encryption.key_file or encryption.key_env in the \
+             config, or --key-file/--key-env)"
+        }
+        (_, Some(_)) => {
+            "the encryption key does not match the key this data dir was written with; nothing was read \
+             or served"
+        }
+    };
+    Err(StoreError::Encryption {
+        dir: dir.to_path_buf(),
+        reason: reason.to_string(),
+    })
 }
