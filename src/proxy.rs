@@ -725,7 +725,7 @@ impl Proxy {
                 // stored (stale-if-error, RFC 5861 §4), unless the origin said must-revalidate.
                 Ok(Fetched::Full(resp))
                     if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504)
-                        && !CacheControl::parse(&hit.entry.header_map()).must_revalidate =>
+                        && !CacheControl::parse(hit.entry.headers.map()).must_revalidate =>
                 {
                     tracing::debug!(status = %resp.status(), "upstream error on revalidation; serving the stored response");
                     self.serve(&hit, &req, Outcome::Stale).await
@@ -857,7 +857,7 @@ impl Proxy {
         let we_validate = stored.is_some() && !client_conditional;
         if we_validate {
             if let Some(hit) = stored {
-                for (name, value) in policy::conditional_headers(&hit.entry.header_map()) {
+                for (name, value) in policy::conditional_headers(hit.entry.headers.map()) {
                     headers.insert(name, value);
                 }
             }
@@ -1048,7 +1048,7 @@ fn client_not_modified(hit: &Hit, req_headers: &HeaderMap) -> Option<Response<Pr
         return None;
     }
     let inm = req_headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
-    let stored = hit.entry.header_map();
+    let stored = hit.entry.headers.map();
     let etag = stored.get(header::ETAG)?.to_str().ok()?;
     let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
     let matches = inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));

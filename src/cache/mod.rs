@@ -84,10 +84,10 @@ impl Hit {
         if self.entry.invalidated {
             return Freshness::Stale;
         }
-        let headers = self.entry.header_map();
+        let headers = self.entry.headers.map();
         let status = StatusCode::from_u16(self.entry.status).unwrap_or(StatusCode::OK);
-        let lifetime = policy::freshness_lifetime(role, status, &headers, ttl);
-        policy::evaluate(req_headers, lifetime, self.age(&headers, now), &headers)
+        let lifetime = policy::freshness_lifetime(role, status, headers, ttl);
+        policy::evaluate(req_headers, lifetime, self.age(headers, now), headers)
     }
 }
 

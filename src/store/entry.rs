@@ -13,8 +13,9 @@ use super::{BlobId, Store, StoreError};
 pub struct Entry {
     /// Status code.
     pub status: u16,
-    /// Header fields in order (values as raw bytes).
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Header fields (stored as name/raw-value pairs in order; shared, so cloning an entry on every hit
+    /// copies no header).
+    pub headers: StoredHeaders,
     /// Body blob hash.
     pub blob: String,
     /// Body length.
@@ -54,7 +55,7 @@ impl Entry {
     ) -> Entry {
         let mut e = Entry {
             status,
-            headers: Vec::new(),
+            headers: StoredHeaders::default(),
             blob: blob.hash.clone(),
             size: blob.size,
             request_time_ms: time_ms,
@@ -71,26 +72,54 @@ impl Entry {
         e
     }
 
-    /// The headers as a `HeaderMap` (invalid stored names/values are skipped, never a panic).
+    /// The headers as a `HeaderMap`.
     pub fn header_map(&self) -> http::HeaderMap {
-        let mut h = http::HeaderMap::with_capacity(self.headers.len());
-        for (n, v) in &self.headers {
+        (*self.headers.0).clone()
+    }
+
+    /// Replaces the stored headers.
+    pub fn set_headers(&mut self, h: &http::HeaderMap) {
+        self.headers = StoredHeaders(std::sync::Arc::new(h.clone()));
+    }
+}
+
+/// A stored response's header fields: kept as a shared `HeaderMap` in memory, written as a list of
+/// `[name, [value bytes]]` pairs (the record format is unchanged). Invalid stored names or values are
+/// skipped when read, never a panic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredHeaders(std::sync::Arc<http::HeaderMap>);
+
+impl StoredHeaders {
+    /// The fields.
+    pub fn map(&self) -> &http::HeaderMap {
+        &self.0
+    }
+}
+
+impl Serialize for StoredHeaders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (n, v) in self.0.iter() {
+            seq.serialize_element(&(n.as_str(), v.as_bytes()))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(String, Vec<u8>)>::deserialize(d)?;
+        let mut h = http::HeaderMap::with_capacity(pairs.len());
+        for (n, v) in pairs {
             if let (Ok(n), Ok(v)) = (
                 http::HeaderName::from_bytes(n.as_bytes()),
-                http::HeaderValue::from_bytes(v),
+                http::HeaderValue::from_bytes(&v),
             ) {
                 h.append(n, v);
             }
         }
-        h
-    }
-
-    /// Copies a `HeaderMap` into the stored form.
-    pub fn set_headers(&mut self, h: &http::HeaderMap) {
-        self.headers = h
-            .iter()
-            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
+        Ok(StoredHeaders(std::sync::Arc::new(h)))
     }
 }
 
@@ -671,6 +700,19 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_headers_keep_the_record_format_and_skip_invalid_fields() {
+        let json = r#"[["content-type",[97,47,98]],["bad name",[120]],["x-two",[49]],["x-two",[50]]]"#;
+        let h: StoredHeaders = serde_json::from_str(json).unwrap();
+        assert_eq!(h.map().get("content-type").unwrap(), "a/b");
+        assert_eq!(h.map().len(), 3, "the invalid name is skipped");
+        assert_eq!(h.map().get_all("x-two").iter().count(), 2);
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"[["content-type",[97,47,98]],["x-two",[49]],["x-two",[50]]]"#
+        );
+    }
 
     fn entry(blob: &BlobId) -> Entry {
         let names = ("audio".into(), "media".into(), "/x".into());

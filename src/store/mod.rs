@@ -21,7 +21,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
 pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
-pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained};
+pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained, StoredHeaders};
 pub use outbox::{ItemState, OutboxRecord};
 pub use verify::VerifyReport;
 
