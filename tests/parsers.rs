@@ -1,5 +1,6 @@
 //! Bad-input robustness of every parser that sees outside data: config TOML, route patterns and matching,
-//! Range, Cache-Control, Authorization (JWT partitions), JSON media rewriting and JSON paths.
+//! Range, Cache-Control, Authorization (JWT partitions), JSON media rewriting and JSON paths, encryption
+//! keys, sealed records and sealed blob headers (a changed one never opens).
 //!
 //! A deterministic mutation loop (seeded, so a failure reproduces): seeds from real inputs, mutated by
 //! byte flips, insertions, deletions, truncation and splicing; every parser must return, never panic,
@@ -172,6 +173,36 @@ fn json_rewriting_and_paths_always_yield_valid_json() {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
                 let _ = jp.strings(&v);
             }
+        }
+    }
+}
+
+#[test]
+fn sealed_records_headers_and_keys_open_to_the_original_or_not_at_all() {
+    use outpost::store::{parse_key, AtRest};
+    let hex = "5e".repeat(32);
+    let b64 = "XlpeXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl4=";
+    let key_seeds: &[&[u8]] = &[hex.as_bytes(), b64.as_bytes()];
+    let at_rest = AtRest::new(&[0x5e; 32]);
+    let plain = br#"{"Entry":{"status":200,"headers":[["etag",[34,120,34]]]}}"#;
+    let sealed = at_rest.seal_record(b"anon\0api\0/x", plain);
+    let prefix = AtRest::new_prefix();
+    let name = blake3::hash(b"a blob").to_hex().to_string();
+    let header = at_rest.header(&prefix, &name).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    for _ in 0..ROUNDS {
+        let k = mutate(&mut rng, key_seeds);
+        let _ = parse_key(&text(&k));
+
+        let r = mutate(&mut rng, &[&sealed]);
+        if let Some(opened) = at_rest.open_record(b"anon\0api\0/x", &r) {
+            assert_eq!(r, sealed, "a changed record opened");
+            assert_eq!(opened, plain);
+        }
+        let h = mutate(&mut rng, &[&header]);
+        if let Ok(p) = at_rest.open_header(&h, &name) {
+            assert_eq!(h, header, "a changed header opened");
+            assert_eq!(p, prefix);
         }
     }
 }
