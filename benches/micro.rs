@@ -10,8 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Uri};
 use outpost::cache::key;
 use outpost::config::QueueSettings;
-use outpost::store::{Entry, Store};
-use outpost::sync::{NewItem, Outbox};
+use outpost::store::{Entry, OutboxRecord, Store};
+use outpost::sync::Outbox;
 
 fn entry_for(blob: &outpost::store::BlobId, url: &str) -> Entry {
     let mut h = HeaderMap::new();
@@ -102,7 +102,7 @@ fn enqueue(c: &mut Criterion) {
             n += 1;
             black_box(
                 outbox
-                    .enqueue(NewItem {
+                    .enqueue(OutboxRecord {
                         method: "POST".into(),
                         uri: "/api/v1/threads/t1/messages".into(),
                         headers: vec![("content-type".into(), b"application/json".to_vec())],
@@ -113,6 +113,7 @@ fn enqueue(c: &mut Criterion) {
                         ordering_key: Some("t1".into()),
                         priority: 0,
                         invalidates: vec![],
+                        ..Default::default()
                     })
                     .unwrap(),
             )

@@ -23,7 +23,7 @@ use crate::cache::{Cache, FillGuard, FillInfo, FillSlot, FillState, Hit};
 use crate::config::{ConflictPolicy, Strategy};
 use crate::routes::{RouteMatch, RouteTable};
 use crate::store::OutboxRecord;
-use crate::sync::{NewItem, Outbox};
+use crate::sync::Outbox;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// `Via` pseudonym (RFC 9110 §7.6.3).
@@ -328,7 +328,7 @@ impl Proxy {
             headers.insert(HeaderName::from_static("idempotency-key"), v);
         }
         let ordering_key = route.policy.ordering_key.as_ref().map(|t| route.expand(t));
-        let new_item = || NewItem {
+        let new_item = || OutboxRecord {
             method: parts.method.to_string(),
             uri: parts
                 .uri
@@ -346,6 +346,7 @@ impl Proxy {
             ordering_key: ordering_key.clone(),
             priority: route.policy.priority,
             invalidates: route.policy.invalidates.iter().map(|t| route.expand(t)).collect(),
+            ..Default::default()
         };
         let enqueue = |why: &'static str| {
             self.queue_write(
@@ -403,7 +404,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn queue_write(
         &self,
-        item: NewItem,
+        item: OutboxRecord,
         why: String,
         route: &RouteMatch<'_>,
         bytes: bytes::Bytes,

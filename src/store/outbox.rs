@@ -9,10 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::{Store, StoreError};
 
 /// Where an item stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemState {
     /// Waiting for its turn or its next try.
+    #[default]
     Pending,
     /// Stopped: the backend refused it (kept with the response) or it ran out of attempts/age.
     DeadLetter,
@@ -31,8 +32,8 @@ impl ItemState {
     }
 }
 
-/// One queued request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One queued request (a new one is built with `..Default::default()` for the fields the queue assigns).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutboxRecord {
     /// Public id (`q<seq>`).
     pub id: String,

@@ -76,7 +76,7 @@ pub struct Outbox {
     /// by the group-commit leader around one synced batch.
     order_lock: Mutex<()>,
     /// Writes waiting for the next group commit, each with the slot its answer goes to.
-    waiting: Mutex<Vec<(NewItem, AnswerSlot)>>,
+    waiting: Mutex<Vec<(OutboxRecord, AnswerSlot)>>,
     wake: Notify,
 }
 
@@ -93,30 +93,6 @@ struct Index {
     /// Pending items per ordering line (`None` = the global line), oldest first: order checks and the
     /// replay worker's choice of line heads cost O(lines), not O(queue).
     lines: HashMap<Option<String>, std::collections::BTreeSet<u64>>,
-}
-
-/// What `enqueue` needs from the request path.
-pub struct NewItem {
-    /// Method.
-    pub method: String,
-    /// Path and query as the app sent them.
-    pub uri: String,
-    /// Headers as the app sent them.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Body.
-    pub body: Vec<u8>,
-    /// Idempotency key (the app's or generated).
-    pub idempotency_key: String,
-    /// User partition.
-    pub partition: String,
-    /// Route name.
-    pub route: String,
-    /// Ordering line.
-    pub ordering_key: Option<String>,
-    /// Priority.
-    pub priority: i32,
-    /// GET paths invalidated on success.
-    pub invalidates: Vec<String>,
 }
 
 impl Outbox {
@@ -198,7 +174,8 @@ impl Outbox {
     /// Stores a write durably (synced) and returns its id and 1-based position among pending items.
     /// Blocking. Concurrent callers share one synced batch (group commit): whoever takes the commit
     /// lock writes everything waiting, in arrival order, so one fsync acknowledges many writes.
-    pub fn enqueue(&self, new: NewItem) -> Result<(String, usize), QueueError> {
+    /// The request fields of `new` are kept; the queue assigns its id, sequence, times and attempt state.
+    pub fn enqueue(&self, new: OutboxRecord) -> Result<(String, usize), QueueError> {
         let slot = Arc::new(Mutex::new(None));
         self.waiting
             .lock()
@@ -219,22 +196,13 @@ impl Outbox {
             records.push(OutboxRecord {
                 id: format!("q{seq}"),
                 seq,
-                method: new.method,
-                uri: new.uri,
-                headers: new.headers,
-                body: new.body,
-                idempotency_key: new.idempotency_key,
-                partition: new.partition,
-                route: new.route,
-                ordering_key: new.ordering_key,
-                priority: new.priority,
-                invalidates: new.invalidates,
                 enqueued_ms: now,
                 attempts: 0,
                 next_try_ms: now,
                 last_error: None,
                 state: ItemState::Pending,
                 response: None,
+                ..new
             });
             slots.push(slot);
         }
