@@ -302,6 +302,14 @@ impl Store {
         let same_blob = old.as_ref().is_some_and(|o| o.blob == blob.hash);
         let existing = self.blob_record(&blob.hash)?;
         let new_blob = existing.is_none();
+        if new_blob && !self.blob_file_present(blob) {
+            // `finish` found the file already there (same content) and kept it, but the evictor deleted
+            // that blob (record, then file, under this lock) before this commit: nothing to point at.
+            return Err(StoreError::Blob(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("blob {} was evicted while this fill finished; not stored", blob.hash),
+            )));
+        }
         if !same_blob {
             let mut rec = existing.unwrap_or(BlobRecord {
                 size: blob.size,
@@ -588,6 +596,14 @@ impl Store {
         Ok(out)
     }
 
+    /// True when the blob's file is in place with its full length.
+    fn blob_file_present(&self, blob: &BlobId) -> bool {
+        self.blobs
+            .path(&blob.hash)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() == self.blobs.file_len(blob.size))
+    }
+
     /// Deletes a blob's record, then its file (a crash in between leaves an orphan file, removed at start).
     pub fn delete_blob(&self, hash: &str) -> Result<(), StoreError> {
         let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -700,6 +716,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_pointing_at_a_blob_evicted_meanwhile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.blobs().begin().unwrap();
+        w.write(b"bytes a fill found already stored").unwrap();
+        let blob = store.blobs().finish(w).unwrap();
+        // The evictor deleted that blob (record, then file) before the fill committed.
+        store.delete_blob(&blob.hash).unwrap();
+        let err = store.commit_entry(b"k", b"k", &[], &entry(&blob), &blob).unwrap_err();
+        assert!(err.to_string().contains("evicted while this fill finished"), "{err}");
+        assert!(store.entry(b"k").unwrap().is_none());
+        assert!(store.blob_info(&blob.hash).unwrap().is_none());
+        assert_eq!(store.verify(false).unwrap().problems(), 0);
+    }
 
     #[test]
     fn stored_headers_keep_the_record_format_and_skip_invalid_fields() {
