@@ -324,11 +324,15 @@ async fn crash_run(runs: usize, encrypt: bool) {
     }
     let out = verify.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "verify after the crashes:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // Keep the evidence: the data dir stays for `outpost verify` and a look by hand.
+        let kept = dir.keep();
+        panic!(
+            "verify after the crashes (data dir kept at {}):\n{text}{}",
+            kept.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let tmp = std::fs::read_dir(dir.path().join("data/blobs/tmp"))
         .map(|d| d.count())
         .unwrap_or(0);
