@@ -294,7 +294,8 @@ async fn crash_run(runs: usize, encrypt: bool) {
     let twice: Vec<_> = applied.iter().filter(|(_, n)| **n > 1).collect();
     let unknown: Vec<_> = applied.keys().filter(|k| !seen.sent.contains(*k)).collect();
     eprintln!(
-        "crashtest: {runs} kills in {:.1}s, {} writes acknowledged, {} applied, {} bodies served and checked",
+        "crashtest{}: {runs} kills in {:.1}s, {} writes acknowledged, {} applied, {} bodies served and checked",
+        if encrypt { " (encrypted)" } else { "" },
         started.elapsed().as_secs_f64(),
         seen.acked.len(),
         applied.len(),
