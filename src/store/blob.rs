@@ -367,31 +367,9 @@ impl BlobStore {
     /// Plaintext bytes `offset..offset+len` of a sealed blob: opens only the chunks they lie in.
     fn read_sealed(&self, a: &AtRest, hash: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let file = self.open_blob(hash)?;
-        let size = crypt::plain_len(file.metadata()?.len())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "sealed blob has an impossible length"))?;
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|e| *e <= size)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the blob"))?;
-        let mut header = [0u8; crypt::HEADER];
-        file.read_exact_at(&mut header, 0)?;
-        let prefix = a.open_header(&header, hash)?;
-        let last = crypt::chunks(size) - 1;
-        let chunk = crypt::CHUNK as u64;
-        let first = (offset / chunk).min(last);
-        let until = if len == 0 { first } else { (end - 1) / chunk };
+        let (size, prefix) = open_sealed(a, &file, hash)?;
         let mut out = Vec::with_capacity(len);
-        for i in first..=until {
-            let (at, sealed) = crypt::chunk_span(size, i);
-            let mut buf = vec![0u8; sealed];
-            file.read_exact_at(&mut buf, at)?;
-            a.open_chunk(&prefix, i, i == last, &mut buf)?;
-            let from = (offset.max(i * chunk) - i * chunk) as usize;
-            let to = ((end - i * chunk) as usize).min(buf.len());
-            if from < to {
-                out.extend_from_slice(&buf[from..to]);
-            }
-        }
+        sealed_chunks(a, &file, size, &prefix, offset, len, |b| out.extend_from_slice(b))?;
         Ok(out)
     }
 
@@ -406,17 +384,18 @@ impl BlobStore {
             return Ok(false);
         }
         if let Some(a) = &self.at_rest {
+            // One open, one header check, then every chunk in order into the keyed hasher.
             let mut hasher = a.name_hasher();
-            for i in 0..crypt::chunks(id.size) {
-                let at = i * crypt::CHUNK as u64;
-                let n = (id.size - at).min(crypt::CHUNK as u64) as usize;
-                match self.read_sealed(a, &id.hash, at, n) {
-                    Ok(b) => hasher.update(&b),
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(false),
-                    Err(e) => return Err(e),
-                };
-            }
-            return Ok(hasher.finalize().to_hex().as_str() == id.hash);
+            let read = open_sealed(a, &f, &id.hash).and_then(|(size, prefix)| {
+                sealed_chunks(a, &f, size, &prefix, 0, size as usize, |b| {
+                    hasher.update(b);
+                })
+            });
+            return match read {
+                Ok(()) => Ok(hasher.finalize().to_hex().as_str() == id.hash),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(false),
+                Err(e) => Err(e),
+            };
         }
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -478,6 +457,47 @@ impl BlobStore {
         }
         Ok(out)
     }
+}
+
+/// The plaintext size and nonce prefix of an open sealed blob file named `hash` (its header checked).
+fn open_sealed(a: &AtRest, file: &File, hash: &str) -> io::Result<(u64, [u8; 16])> {
+    let size = crypt::plain_len(file.metadata()?.len())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "sealed blob has an impossible length"))?;
+    let mut header = [0u8; crypt::HEADER];
+    file.read_exact_at(&mut header, 0)?;
+    Ok((size, a.open_header(&header, hash)?))
+}
+
+/// Opens the chunks holding plaintext bytes `offset..offset+len` and hands those bytes to `sink` in order.
+fn sealed_chunks(
+    a: &AtRest,
+    file: &File,
+    size: u64,
+    prefix: &[u8; 16],
+    offset: u64,
+    len: usize,
+    mut sink: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    let end = offset
+        .checked_add(len as u64)
+        .filter(|e| *e <= size)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the blob"))?;
+    let last = crypt::chunks(size) - 1;
+    let chunk = crypt::CHUNK as u64;
+    let first = (offset / chunk).min(last);
+    let until = if len == 0 { first } else { (end - 1) / chunk };
+    for i in first..=until {
+        let (at, sealed) = crypt::chunk_span(size, i);
+        let mut buf = vec![0u8; sealed];
+        file.read_exact_at(&mut buf, at)?;
+        a.open_chunk(prefix, i, i == last, &mut buf)?;
+        let from = (offset.max(i * chunk) - i * chunk) as usize;
+        let to = ((end - i * chunk) as usize).min(buf.len());
+        if from < to {
+            sink(&buf[from..to]);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
