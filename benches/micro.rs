@@ -10,8 +10,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Uri};
 use outpost::cache::key;
 use outpost::config::QueueSettings;
-use outpost::store::{Entry, OutboxRecord, Store};
-use outpost::sync::Outbox;
+use outpost::queue::Outbox;
+use outpost::queue::OutboxRecord;
+use outpost::store::{Entry, Store};
 
 fn entry_for(blob: &outpost::store::BlobId, url: &str) -> Entry {
     let mut h = HeaderMap::new();

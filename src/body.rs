@@ -30,6 +30,21 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
+/// A small JSON answer: `{"error": ..., "upstream": ...}` (the shape every generated error has).
+pub fn json_error(status: http::StatusCode, error: &str, upstream: Option<&str>) -> http::Response<ProxyBody> {
+    let mut v = serde_json::json!({ "error": error });
+    if let Some(u) = upstream {
+        v["upstream"] = serde_json::json!(u);
+    }
+    let mut resp = http::Response::new(full(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// Any `hyper::body::Incoming`-like body, boxed.
 pub fn boxed<B>(body: B) -> ProxyBody
 where

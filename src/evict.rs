@@ -15,7 +15,8 @@ use lru::LruCache;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::store::{RetainDrop, Store, StoreError};
+use crate::clock::now_ms;
+use crate::store::{Budget, RetainDrop, Store, StoreError};
 
 /// Entries evicted per batch before yielding.
 const BATCH: usize = 256;
@@ -70,10 +71,6 @@ pub struct Evictor {
     max_unused: Option<Duration>,
     counts: Mutex<EvictionCounts>,
     wake: Notify,
-}
-
-fn now_ms() -> u64 {
-    crate::sync::now_ms()
 }
 
 impl Evictor {
@@ -353,6 +350,7 @@ impl Evictor {
 
     /// Background loop: evicts while over budget (with auto-evict on), persists the access order.
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        // Compared with file modification times, so the real wall clock, not the pausable one.
         let started = std::time::SystemTime::now();
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -405,5 +403,100 @@ impl Evictor {
     /// Wakes the loop.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+}
+
+impl Budget for Evictor {
+    fn accepting(&self) -> bool {
+        Evictor::accepting(self)
+    }
+    fn touch(&self, key: &[u8]) {
+        Evictor::touch(self, key)
+    }
+    fn committed(&self, key: &[u8], new_bytes: u64) {
+        Evictor::committed(self, key, new_bytes)
+    }
+    fn retain(&self, group: &str, keep_last: usize, drop: RetainDrop) -> Result<u64, StoreError> {
+        Evictor::retain(self, group, keep_last, drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BlobId, Commit, DiskStorage, Entry, Storage};
+
+    fn commit(store: &Arc<Store>, path: &str) -> Vec<u8> {
+        let key = format!("anon\0api\0{path}").into_bytes();
+        let disk = DiskStorage(store.clone());
+        let mut sink = disk.begin_fill().unwrap();
+        sink.write(path.as_bytes()).unwrap();
+        let placeholder = BlobId {
+            hash: String::new(),
+            size: 0,
+        };
+        let entry = Entry::stored(
+            200,
+            &http::HeaderMap::new(),
+            &placeholder,
+            now_ms(),
+            ("audio".into(), "media".into(), path.into()),
+        );
+        let commit = Commit {
+            primary: &key,
+            key: &key,
+            vary_fields: &[],
+            entry,
+        };
+        disk.commit_fill(sink, commit).unwrap();
+        key
+    }
+
+    /// `max_unused` on tokio's paused clock: no real time passes, the clock moves by `advance`.
+    #[tokio::test(start_paused = true)]
+    async fn entries_unused_for_max_unused_expire_as_the_clock_moves_and_pins_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (a, pinned) = (commit(&store, "/a.mp3"), commit(&store, "/p.mp3"));
+        let ev = Evictor::open(store.clone(), 1 << 30, true, Some(Duration::from_secs(60))).unwrap();
+        for k in [&a, &pinned] {
+            ev.committed(k, 1);
+            ev.touch(k);
+        }
+        ev.set_pins(HashSet::from([pinned.clone()]));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(ev.expire_unused().unwrap(), 0, "59 s unused is not yet 60");
+        assert!(store.entry(&a).unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(ev.expire_unused().unwrap() > 0);
+        assert!(store.entry(&a).unwrap().is_none(), "unused for 61 s: evicted");
+        assert!(store.entry(&pinned).unwrap().is_some(), "pinned: kept however old");
+        let counts = ev.counts();
+        assert_eq!(counts.by_reason.get("unused").map(|c| c.0), Some(1));
+        // A use resets the clock of an entry.
+        let b = commit(&store, "/b.mp3");
+        ev.committed(&b, 1);
+        ev.touch(&b);
+        tokio::time::advance(Duration::from_secs(45)).await;
+        ev.touch(&b);
+        tokio::time::advance(Duration::from_secs(45)).await;
+        ev.expire_unused().unwrap();
+        assert!(store.entry(&b).unwrap().is_some(), "used 45 s ago");
+
+        // The background loop does the same by itself as the clock moves.
+        let ev = Arc::new(ev);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ev.clone().run(async move {
+            let _ = rx.await;
+        }));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let mut waited = 0;
+        while store.entry(&b).unwrap().is_some() {
+            waited += 1;
+            assert!(waited < 1000, "the loop never expired the entry");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = tx.send(());
+        task.await.unwrap();
     }
 }

@@ -6,7 +6,6 @@
 //! the rest; each entry is committed only after its blob is durable, like any fill.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use http::header;
 use serde::Serialize;
@@ -124,7 +123,7 @@ fn key_for(config: &Config, url: &str) -> Option<(Vec<u8>, String, String)> {
         .iter()
         .flat_map(|r| r.policy.rewrite.iter().cloned())
         .collect();
-    let target = crate::rewrite::local_target(url, &rules)?;
+    let target = crate::media::local_target(url, &rules)?;
     let uri: http::Uri = target.parse().ok()?;
     let table = config.route_table();
     let route = table.route(&http::Method::GET, uri.path());
@@ -183,12 +182,9 @@ pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Resul
                     return Ok(());
                 }
             }
-            let now = SystemTime::now();
+            let now = crate::clock::now();
             let mtime = meta.modified().unwrap_or(now);
-            let ms = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let ms = crate::clock::to_ms(now);
             let mut h = http::HeaderMap::new();
             h.insert(
                 header::CONTENT_TYPE,

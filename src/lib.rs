@@ -1,22 +1,29 @@
 //! Outpost: an offline-first caching HTTP reverse proxy that runs beside an unmodified app.
 //!
 //! # Layout
-//! - [`config`]: TOML + flags → a checked [`config::Config`]; every error names file, line, key, reason.
-//! - [`routes`]: the route table (path patterns with `{params}` → upstream + policy), first match wins.
-//! - [`proxy`]: the request path: classify, route, forward with streamed bodies, answer errors.
-//! - [`rewrite`]: media URLs inside JSON answers turned into Outpost URLs (audio flows through the cache).
-//! - [`upstream`]: pooled rustls clients per named upstream, timeouts, connectivity state.
-//! - [`cache`]: RFC 9111 rules, cache keys and user partitions, serving from and filling the store.
-//! - [`sync`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts).
-//! - [`evict`]: the size budget: LRU eviction in the background, pins, usage.
+//! Modules from the top of the request path down; each imports only modules listed after it (no
+//! module imports one that imports it back).
+//! - [`proxy`]: the pipeline (check → route → cache flow | write path | forward → media hooks → log),
+//!   the [`proxy::Forwarder`], the cache flow that carries out [`cache::Plan`]s, the replay adapter, and
+//!   the one error type turned into answers in one place.
+//! - [`admin`]: the admin API on its own loopback port, metrics, the dashboard.
 //! - [`import`]: `outpost import`, moving an existing audio cache into the store.
-//! - [`store`]: the data directory: RocksDB column families and content-addressed blob files, optionally
-//!   encrypted at rest.
-//! - [`sendfile`]: stored bodies sent from the blob file to the socket with `sendfile(2)` (no copy).
-//! - [`admin`]: the admin API on its own loopback port.
-//! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
 //! - [`demo`]: the demo backend shaped like the product's API, with fault knobs; used by `demo` and tests.
-//! - [`body`]: the streamed body type everything passes around.
+//! - [`queue`]: the durable outbox of offline writes and the replay worker (order, backoff, conflicts),
+//!   which delivers through a [`queue::Delivery`] it is handed.
+//! - [`upstream`]: pooled rustls clients per named upstream, timeouts, connectivity state.
+//! - [`config`]: TOML + flags → a checked [`config::Config`]; every error names file, line, key, reason.
+//! - [`cache`]: RFC 9111 rules, keys and user partitions, the pure [`cache::decide`] → [`cache::Plan`],
+//!   serving stored responses and filling through the [`store::Storage`] seam.
+//! - [`routes`]: the route table (path patterns with `{params}` → upstream + policy) and route types.
+//! - [`media`]: JSON rewriting, JSON paths, pins and aliases (response hooks).
+//! - [`evict`]: the size budget: LRU eviction in the background, pins, usage.
+//! - [`store`]: the data directory: RocksDB column families and content-addressed blob files, optionally
+//!   encrypted at rest; the storage seam and its in-memory implementation.
+//! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
+//! - [`sendfile`]: stored bodies sent from the blob file to the socket with `sendfile(2)` (no copy).
+//! - [`body`], [`headers`], [`clock`], [`units`]: the streamed body type and small JSON answers,
+//!   hop-by-hop rules, the one wall clock (pausable in tests), sizes and durations.
 //!
 //! [`Outpost::start`] is the embeddable entry point: no globals, everything hangs off the returned handle.
 
@@ -27,17 +34,20 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod evict;
+pub mod headers;
 pub mod import;
+pub mod media;
 pub mod proxy;
-pub mod rewrite;
+pub mod queue;
 pub mod routes;
 pub mod sendfile;
 pub mod server;
 pub mod store;
-pub mod sync;
+pub mod units;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -50,10 +60,10 @@ use crate::cache::policy::CacheRole;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::evict::Evictor;
-use crate::proxy::Proxy;
+use crate::proxy::{Flow, Forwarder, Proxy, Replayer};
+use crate::queue::{Outbox, QueueError, ReplayWorker};
 use crate::server::{Server, ShutdownSignal};
-use crate::store::{Store, StoreError};
-use crate::sync::{Outbox, QueueError, ReplayWorker};
+use crate::store::{DiskStorage, Store, StoreError};
 use crate::upstream::{TlsSetupError, Upstreams};
 
 /// Why Outpost could not start.
@@ -153,23 +163,29 @@ impl Outpost {
         evictor.wake();
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(
-            store.clone(),
+            Arc::new(DiskStorage(store.clone())),
             evictor.clone(),
             role,
             config.cache.verify_on_read,
+            shutdown.clone(),
         ));
         for upstream in upstreams.iter() {
             tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
         }
         let outbox = Arc::new(Outbox::open(store.clone(), config.queue)?);
+        let forwarder = Arc::new(Forwarder::new(config.route_table(), upstreams.clone()));
+        let flow = Arc::new(Flow::new(forwarder.clone(), cache.clone(), shutdown.clone()));
+        let replayer = Arc::new(Replayer::new(forwarder.clone(), cache, outbox.clone()));
+        let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), replayer).run(shutdown.triggered()));
         let proxy = Arc::new(Proxy::new(
-            config.route_table(),
-            upstreams.clone(),
-            cache,
+            forwarder,
+            flow,
             outbox.clone(),
+            store.clone(),
+            evictor.clone(),
             metrics.clone(),
+            shutdown.clone(),
         ));
-        let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), proxy.clone()).run(shutdown.triggered()));
         // Sealed blobs are decrypted in memory, so only plain ones can go from file to socket.
         let regions = (!store.encrypted()).then(|| store.blobs().regions());
         let proxy_server = Server::spawn_with_regions(
@@ -253,18 +269,17 @@ impl Outpost {
 
     /// Stops accepting, lets in-flight requests finish up to the grace period, then flushes the store.
     pub async fn shutdown(self) {
+        // One deadline for everything: requests, background fills, prefetches and the replay worker
+        // all hear the same signal and share the same grace period.
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.shutdown.trigger();
         self.proxy_server.finished().await;
         self.admin_server.finished().await;
         let _ = self.replay.await;
         let _ = self.evict_task.await;
-        let Outpost {
-            store, outbox, grace, ..
-        } = self;
+        let Outpost { store, outbox, .. } = self;
         drop(outbox);
-        // Background fills and revalidations still hold the store; let them finish (they are bounded by
-        // the upstream timeouts) so the data dir is released when this returns.
-        let deadline = tokio::time::Instant::now() + grace;
+        // Background work stops at the signal; what still holds the store is finishing a commit.
         while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

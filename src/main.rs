@@ -1,4 +1,7 @@
-//! The `outpost` command: parses flags, loads config, and calls the library.
+//! The `outpost` command: parses flags, loads config, and calls the library. What it prints is
+//! rendered in [`cli`].
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -200,32 +203,6 @@ enum QueueAction {
     Resume,
 }
 
-fn print_verify(r: &outpost::store::VerifyReport, temp_files: usize) {
-    println!(
-        "checked {} blob files, {} entries, {} queued writes",
-        r.blob_files, r.entries, r.outbox_items
-    );
-    let rows = [
-        ("orphan blob files", r.orphan_files),
-        ("corrupt blobs", r.corrupt_blobs),
-        ("missing blobs", r.missing_blobs),
-        ("entries without a body", r.entries_without_body),
-        ("undecodable entries", r.undecodable_entries),
-        ("wrong refcounts", r.refcounts_wrong),
-        ("stale index keys", r.stale_index_keys),
-        ("undecodable queued writes (kept)", r.undecodable_outbox_items),
-    ];
-    for (what, n) in rows {
-        println!("  {what:<34} {n}");
-    }
-    if temp_files > 0 {
-        println!(
-            "  {:<34} {temp_files} (removed on open)",
-            "temp files of interrupted fills"
-        );
-    }
-}
-
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -345,21 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             println!("{}", outpost::admin::client::render_status(&body));
             if let Ok(stats) = outpost::admin::client::get_json(admin.admin, "/api/stats").await {
-                let (mut served, mut lookups) = (0u64, 0u64);
-                for (_, k) in stats["kinds"].as_object().into_iter().flatten() {
-                    let n = |f: &str| k[f].as_u64().unwrap_or(0);
-                    let c = n("hit") + n("stale") + n("revalidated") + n("offline");
-                    served += c;
-                    lookups += c + n("miss");
-                }
-                if lookups > 0 {
-                    println!(
-                        "hit rate: {:.0}% of {lookups} cacheable requests served from the cache",
-                        100.0 * served as f64 / lookups as f64
-                    );
-                } else {
-                    println!("hit rate: no cacheable requests yet");
-                }
+                println!("{}", cli::hit_rate_line(&stats));
             }
             println!("dashboard: http://{}/", admin.admin);
             match admin.token() {
@@ -386,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = outpost::store::Store::open_with_key(&data_dir, key.as_ref().map(|k| k.bytes()))
                 .with_context(|| format!("opening {}", data_dir.display()))?;
             let report = store.verify(repair).context("verifying")?;
-            print_verify(&report, tmp);
+            print!("{}", cli::verify_report(&report, tmp));
             if report.problems() == 0 {
                 println!("clean");
                 return Ok(ExitCode::SUCCESS);
@@ -400,7 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("repaired {} problems; now clean", report.problems());
                 Ok(ExitCode::SUCCESS)
             } else {
-                print_verify(&after, 0);
+                print!("{}", cli::verify_report(&after, 0));
                 println!("{} problems remain after repair", after.problems());
                 Ok(ExitCode::from(1))
             }
@@ -433,15 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = outpost::import::import(&config, &rows, &|n| bar.inc(n))?;
             bar.finish();
             errors.extend(report.errors.iter().cloned());
-            println!(
-                "imported {} files ({} bytes read), {} already present, {} duplicates ({} bytes saved), {} skipped",
-                report.imported,
-                report.bytes,
-                report.unchanged,
-                report.duplicates,
-                report.bytes_saved,
-                errors.len()
-            );
+            println!("{}", cli::import_summary(&report, errors.len()));
             for e in &errors {
                 eprintln!("skipped: {e}");
             }
@@ -493,22 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if let QueueAction::List = action {
                 let v = get_json(admin.admin, "/api/queue").await.with_context(not_running)?;
-                println!(
-                    "state: {}   pending: {}",
-                    v["state"]["state"].as_str().unwrap_or("?"),
-                    v["depth"]
-                );
-                for i in v["items"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<6} {:<11} {:<6} {:<40} attempts {:<3} {}",
-                        i["id"].as_str().unwrap_or("?"),
-                        i["state"].as_str().unwrap_or("?"),
-                        i["method"].as_str().unwrap_or("?"),
-                        i["uri"].as_str().unwrap_or("?"),
-                        i["attempts"],
-                        i["last_error"].as_str().unwrap_or("")
-                    );
-                }
+                print!("{}", cli::queue_table(&v));
                 return Ok(ExitCode::SUCCESS);
             }
             let token = admin.token()?;

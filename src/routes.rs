@@ -6,9 +6,12 @@
 //! start with its segments. A path that matches no route goes to the default upstream with the default
 //! policy. Matching allocates nothing unless the route has parameters.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
-use crate::config::{RouteConfig, RoutePolicy};
+use crate::media::{JsonPath, MediaAlias, MediaRewrite};
+use crate::units::{ser_duration, ser_methods, ser_opt_duration};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -134,6 +137,170 @@ impl RoutePattern {
         };
         leftover_ok.then_some(params)
     }
+}
+
+/// How a route answers GETs .
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// RFC 9111 rules; stale served when the upstream is unreachable.
+    Http,
+    /// Answer from cache at once, refresh in the background.
+    StaleWhileRevalidate,
+    /// Cache if present, else network.
+    CacheFirst,
+    /// Network with a timeout, then cache.
+    NetworkFirst,
+    /// Never cache.
+    NetworkOnly,
+    /// Never contact the upstream.
+    CacheOnly,
+}
+
+impl Strategy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Http => "http",
+            Strategy::StaleWhileRevalidate => "stale-while-revalidate",
+            Strategy::CacheFirst => "cache-first",
+            Strategy::NetworkFirst => "network-first",
+            Strategy::NetworkOnly => "network-only",
+            Strategy::CacheOnly => "cache-only",
+        }
+    }
+
+    /// Every strategy, in documentation order.
+    pub const ALL: [Strategy; 6] = [
+        Strategy::Http,
+        Strategy::StaleWhileRevalidate,
+        Strategy::CacheFirst,
+        Strategy::NetworkFirst,
+        Strategy::NetworkOnly,
+        Strategy::CacheOnly,
+    ];
+}
+
+/// Per-route behaviour; later features read their knobs from here.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutePolicy {
+    /// Caching strategy for GET/HEAD.
+    pub strategy: Strategy,
+    /// Content kind for stats and clearing (`messages`, `snapshots`, `audio`, `library`, ...).
+    pub kind: String,
+    /// Freshness lifetime for responses without cache headers.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub ttl: Option<Duration>,
+    /// Network timeout of the `network-first` strategy.
+    #[serde(serialize_with = "ser_duration")]
+    pub network_timeout: Duration,
+    /// Query parameter names (trailing `*` = prefix) left out of the cache key.
+    pub ignore_query: Vec<String>,
+    /// Queue mutating requests while the upstream is unreachable.
+    pub queue: bool,
+    /// Largest request body that can be queued.
+    pub max_body: u64,
+    /// What a replay answered 409/412 does.
+    pub conflict: ConflictPolicy,
+    /// Template over the route's `{params}`: items with different keys replay independently.
+    pub ordering_key: Option<String>,
+    /// Higher replays first (among items whose turn it is).
+    pub priority: i32,
+    /// GET paths (may use the route's `{params}`) invalidated when a write on this route succeeds.
+    pub invalidates: Vec<String>,
+    /// Media rewriting: absolute URLs of these upstreams inside this route's JSON responses become
+    /// local URLs through the prefix route that serves each upstream.
+    pub rewrite: Vec<MediaRewrite>,
+    /// JSON bodies larger than this are passed through unrewritten.
+    pub rewrite_max: u64,
+    /// JSON path (`items[*].url`) of media URLs in this route's answers that are pinned (never evicted
+    /// while the latest answer lists them).
+    pub pins: Option<JsonPath>,
+    /// Download pinned media in the background.
+    pub prefetch: bool,
+    /// Media identity inside this route's JSON answers: a new URL for a known id is served from the
+    /// blob already stored for that id.
+    pub media_alias: Option<MediaAlias>,
+    /// Per-group retention of stored answers.
+    pub retain: Option<Retention>,
+    /// A successful request on this route logs the user out: their partition is cleared.
+    pub logout: bool,
+    /// Instead of 202, answer queued writes with this status and `queued_body`.
+    pub queued_status: Option<u16>,
+    /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
+    pub queued_body: Option<String>,
+}
+
+/// `retain = { group = "{thread_id}", keep_last = 50, drop = "body" }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retention {
+    /// Template over the route's `{params}`; answers with the same expansion (per user) form a group.
+    pub group: String,
+    /// How many of the newest stored answers per group keep their bodies.
+    pub keep_last: usize,
+    /// `true`: drop the whole entry; `false`: drop the body, keep the head as metadata.
+    pub drop_entry: bool,
+}
+
+/// What a replay that meets a conflict (409/412) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    /// Drop the write and record it among the dead letters as overridden by the server.
+    ServerWins,
+    /// Keep retrying with backoff.
+    Retry,
+    /// Stop and keep it as a dead letter for the user to decide.
+    DeadLetter,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy {
+            strategy: Strategy::Http,
+            kind: "other".to_string(),
+            ttl: None,
+            network_timeout: Duration::from_secs(3),
+            ignore_query: Vec::new(),
+            queue: true,
+            max_body: 1 << 20,
+            conflict: ConflictPolicy::DeadLetter,
+            ordering_key: None,
+            priority: 0,
+            invalidates: Vec::new(),
+            queued_status: None,
+            queued_body: None,
+            rewrite: Vec::new(),
+            rewrite_max: 4 << 20,
+            pins: None,
+            prefetch: false,
+            media_alias: None,
+            retain: None,
+            logout: false,
+        }
+    }
+}
+
+/// One `[[routes]]` entry, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    /// Name for logs and metrics (defaults to `route<N>`).
+    pub name: String,
+    /// What request paths it matches.
+    pub pattern: RoutePattern,
+    /// Index into [`Config::upstreams`].
+    #[serde(skip)]
+    pub upstream: usize,
+    /// Upstream name (for display).
+    #[serde(rename = "upstream")]
+    pub upstream_name: String,
+    /// Leading path removed before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Methods it applies to; empty = all.
+    #[serde(serialize_with = "ser_methods")]
+    pub methods: Vec<http::Method>,
+    /// Policy knobs.
+    pub policy: RoutePolicy,
 }
 
 /// Which route answered, with its captured parameters.

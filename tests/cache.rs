@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use common::TestEnv;
 use http::Method;
 use outpost::admin::client::Collected;
-use outpost::config::Strategy;
 use outpost::demo::{make_token, Fault};
+use outpost::routes::Strategy;
 
 async fn get_h(env: &TestEnv, path: &str, headers: &[(&str, &str)]) -> Collected {
     env.client
@@ -30,7 +30,7 @@ async fn wait_online(env: &TestEnv) {
     }
 }
 
-fn route_mut<'a>(c: &'a mut outpost::config::Config, name: &str) -> &'a mut outpost::config::RouteConfig {
+fn route_mut<'a>(c: &'a mut outpost::config::Config, name: &str) -> &'a mut outpost::routes::RouteConfig {
     c.routes.iter_mut().find(|r| r.name == name).expect("route")
 }
 

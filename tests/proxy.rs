@@ -293,6 +293,30 @@ async fn shutdown_lets_in_flight_requests_finish() {
     backend.stop().await;
 }
 
+/// One grace period for everything: requests still open and background work (a fill behind a range
+/// miss) hear the same signal (it used to be one grace for requests and then another for background work:
+/// a 3 s grace took about 6 s).
+#[tokio::test]
+async fn shutdown_takes_one_grace_period_even_with_background_fills_in_flight() {
+    let grace = Duration::from_secs(2);
+    let env = TestEnv::start_with(|c| c.shutdown_grace = grace).await;
+    env.backend.set_fault(Fault::BlackHole);
+    let url = env.url("/media/s3/renders/a3.mp3");
+    let client = env.client.clone();
+    // A range on a miss: passed through (hangs on the black hole) while a background fill starts.
+    let _inflight = tokio::spawn(async move { client.call(Method::GET, &url, &[("range", "bytes=0-99")], None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let TestEnv { outpost, backend, .. } = env;
+    let t = Instant::now();
+    outpost.shutdown().await;
+    let took = t.elapsed();
+    assert!(
+        took < grace + grace / 2,
+        "shutdown took {took:?} with a grace of {grace:?}"
+    );
+    backend.stop().await;
+}
+
 #[tokio::test]
 async fn malformed_requests_get_a_4xx() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use common::{wait_until, TestEnv};
 use http::Method;
 use outpost::admin::client::Collected;
-use outpost::config::ConflictPolicy;
 use outpost::demo::{make_token, Fault};
+use outpost::routes::ConflictPolicy;
 
 fn fast_backoff(c: &mut outpost::config::Config) {
     c.queue.backoff_base = Duration::from_millis(20);
@@ -230,7 +230,7 @@ async fn a_401_pauses_the_queue_until_the_app_uses_a_refreshed_token() {
     wait_until("the queue to pause", 10, || {
         matches!(
             env.outpost.outbox().state(),
-            outpost::sync::QueueState::NeedsAuth { .. }
+            outpost::queue::QueueState::NeedsAuth { .. }
         )
     })
     .await;
@@ -252,7 +252,7 @@ async fn a_401_pauses_the_queue_until_the_app_uses_a_refreshed_token() {
     assert_eq!(ok.head.status, 200);
     wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
     assert!(env.backend.state().library_audio_ids().contains(&"a6".to_string()));
-    assert_eq!(env.outpost.outbox().state(), outpost::sync::QueueState::Running);
+    assert_eq!(env.outpost.outbox().state(), outpost::queue::QueueState::Running);
     env.stop().await;
 }
 

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, json_error, ProxyBody};
 use crate::config::{parse_size, Config};
 use crate::evict::{EvictReason, Evictor};
-use crate::proxy::json_error;
+use crate::queue::{Outbox, QueueError};
 use crate::store::Store;
-use crate::sync::{Outbox, QueueError};
 use crate::upstream::Upstreams;
 
 /// The dashboard page, embedded at build time (plain HTML/CSS/JS, no build step).
@@ -225,7 +224,7 @@ impl Admin {
                 json!({
                     "entries": count, "bytes": bytes,
                     "hit": get("HIT"), "miss": get("MISS"), "stale": get("STALE"),
-                    "revalidated": get("REVALIDATED"), "offline": get("OFFLINE"), "bypass": get("BYPASS"),
+                    "revalidated": get("REVALIDATED"), "offline": get("OFFLINE"), "queued": get("QUEUED"), "bypass": get("BYPASS"),
                     "hit_rate": if lookups == 0 { 0.0 } else { served_from_cache as f64 / lookups as f64 },
                 }),
             );
@@ -338,7 +337,7 @@ impl Admin {
     }
 }
 
-fn item_json(i: &crate::store::OutboxRecord) -> Value {
+fn item_json(i: &crate::queue::OutboxRecord) -> Value {
     json!({
         "id": i.id,
         "method": i.method,

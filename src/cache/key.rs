@@ -12,8 +12,7 @@
 use base64::Engine;
 use http::{header, HeaderMap, Uri};
 
-/// Separator between a primary key and a variant's fingerprint.
-pub const VARIANT_SEP: u8 = 0x01;
+pub use crate::store::{key_partition, VARIANT_SEP};
 
 /// The partition requests without credentials fall into.
 pub const ANONYMOUS: &str = "anon";
@@ -104,14 +103,6 @@ pub fn variant_key(primary: &[u8], vary_values: &[(String, String)]) -> Vec<u8> 
     k.push(VARIANT_SEP);
     k.extend_from_slice(&h.finalize().as_bytes()[..16]);
     k
-}
-
-/// The partition part of a key (for clearing by user).
-pub fn key_partition(key: &[u8]) -> &[u8] {
-    match key.iter().position(|&b| b == 0) {
-        Some(i) => &key[..i],
-        None => key,
-    }
 }
 
 #[cfg(test)]

@@ -1,38 +1,42 @@
-//! The HTTP cache: looks up stored responses, serves them from blob files, and fills the store from
-//! upstream responses while they stream to the client (tee).
+//! The HTTP cache: what is stored for a request and what it is worth ([`Hit`], [`decide::Stored`]),
+//! the decision of what to do ([`decide`]), serving stored responses, collapsing concurrent misses, and
+//! filling the store from upstream answers while they stream to the client ([`Cache::tee`]). Storage
+//! is reached only through the [`Storage`] seam, so the same code runs on the data directory and, in
+//! tests, in memory.
 //!
 //! Promises: a body is committed only when it arrived whole (no upstream error, length as announced)
-//! and its blob is durable; a blob is verified (size + BLAKE3) before its first use after start, and on
-//! every use with `verify_on_read`, and a blob that fails is dropped with its entries, never served;
+//! and it is durable; a body is verified (size + BLAKE3) before its first use after start, and on
+//! every use with `verify_on_read`, and one that fails is dropped with its entry, never served;
 //! concurrent misses for one key make one upstream request (the others wait for that fill).
 
+pub mod decide;
+mod fill;
 pub mod key;
 pub mod policy;
 pub mod range;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use futures_util::stream;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::body::{self, BoxError, ProxyBody};
-use crate::evict::Evictor;
-use crate::store::{Entry, Lookup, RetainDrop, Store, StoreError};
-use policy::{CacheRole, ExchangeTimes, Freshness};
+pub use decide::{decide, Directives, Outcome, Plan, Stored};
 
-/// Cache failures; none of them reaches a client as such (the proxy falls back to the network).
+use crate::body::{self, ProxyBody};
+use crate::clock::{from_ms, to_ms};
+use crate::server::ShutdownSignal;
+use crate::store::{Budget, Entry, Lookup, RetainDrop, Storage, StoreError};
+use policy::{CacheControl, CacheRole, ExchangeTimes, Freshness};
+
+/// Cache failures; none of them reaches a client as such (the flow falls back to the network).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A blob failed verification or could not be read.
+    /// A stored body failed verification or could not be read.
     #[error("blob {hash}: {reason}")]
     Blob {
         /// Blob hash.
@@ -49,14 +53,6 @@ pub struct Hit {
     pub key: Vec<u8>,
     /// The stored head and body reference.
     pub entry: Entry,
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn from_ms(v: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(v)
 }
 
 impl Hit {
@@ -88,6 +84,23 @@ impl Hit {
         let status = StatusCode::from_u16(self.entry.status).unwrap_or(StatusCode::OK);
         let lifetime = policy::freshness_lifetime(role, status, headers, ttl);
         policy::evaluate(req_headers, lifetime, self.age(headers, now), headers)
+    }
+
+    /// What this stored response is worth for a request at `now` (the input of [`decide`]).
+    pub fn state(&self, role: CacheRole, ttl: Option<Duration>, req_headers: &HeaderMap, now: SystemTime) -> Stored {
+        if self.entry.invalidated {
+            Stored::Invalidated
+        } else if self.freshness(role, ttl, req_headers, now) == Freshness::Fresh {
+            Stored::Fresh
+        } else {
+            Stored::Stale
+        }
+    }
+
+    /// True when the origin said the stored response must not be served stale once it was checked
+    /// and found failing (`must-revalidate`): a 5xx on revalidation is passed on, not covered.
+    pub fn must_revalidate(&self) -> bool {
+        CacheControl::parse(self.entry.headers.map()).must_revalidate
     }
 }
 
@@ -154,34 +167,35 @@ pub struct FillInfo {
     pub retain: Option<(String, usize, RetainDrop)>,
 }
 
-/// Sealed answers up to this size are decrypted in one go on the request's task; larger ones stream
-/// through the blocking pool a few chunks at a time.
-const SMALL_BODY: u64 = 256 * 1024;
-
-/// Plain blobs larger than this are answered as slices of a map of their file, which the proxy's
-/// connections send with `sendfile(2)` (no copy); smaller ones come from memory.
-const MAPPED_MIN: u64 = 32 * 1024;
-
 /// The cache engine.
 pub struct Cache {
-    store: Arc<Store>,
-    evictor: Arc<Evictor>,
+    storage: Arc<dyn Storage>,
+    budget: Arc<dyn Budget>,
     role: CacheRole,
     verify_on_read: bool,
     verified: Mutex<HashSet<String>>,
     inflight: Mutex<HashMap<Vec<u8>, watch::Receiver<FillState>>>,
+    /// Fills nobody reads any more stop when this fires.
+    shutdown: ShutdownSignal,
 }
 
 impl Cache {
-    /// A cache over `store`.
-    pub fn new(store: Arc<Store>, evictor: Arc<Evictor>, role: CacheRole, verify_on_read: bool) -> Cache {
+    /// A cache over `storage`, reporting to `budget`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        budget: Arc<dyn Budget>,
+        role: CacheRole,
+        verify_on_read: bool,
+        shutdown: ShutdownSignal,
+    ) -> Cache {
         Cache {
-            store,
-            evictor,
+            storage,
+            budget,
             role,
             verify_on_read,
             verified: Mutex::new(HashSet::new()),
             inflight: Mutex::new(HashMap::new()),
+            shutdown,
         }
     }
 
@@ -190,19 +204,9 @@ impl Cache {
         self.role
     }
 
-    /// The size budget keeper.
-    pub fn evictor(&self) -> &Arc<Evictor> {
-        &self.evictor
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// The stored response for a request, following `Vary`.
     pub fn lookup(&self, primary: &[u8], req_headers: &HeaderMap) -> Result<Option<Hit>, CacheError> {
-        match self.store.lookup(primary)? {
+        match self.storage.lookup(primary)? {
             Lookup::Miss => Ok(None),
             // A head kept by retention without its body is metadata, not something to serve.
             Lookup::Entry(entry) if entry.body_dropped => Ok(None),
@@ -214,7 +218,7 @@ impl Cache {
                 let values = policy::vary_values(&fields, req_headers);
                 let key = key::variant_key(primary, &values);
                 Ok(self
-                    .store
+                    .storage
                     .entry(&key)?
                     .filter(|e| !e.body_dropped)
                     .map(|entry| Hit { key, entry }))
@@ -226,10 +230,10 @@ impl Cache {
     /// another URL of X is stored, the stored body is linked to `primary` (one more reference to the
     /// same blob, no download) and returned.
     pub fn lookup_alias(&self, primary: &[u8]) -> Result<Option<Hit>, CacheError> {
-        let Some(id) = self.store.media_alias_of(primary)? else {
+        let Some(id) = self.storage.media_alias_of(primary)? else {
             return Ok(None);
         };
-        for other in self.store.media_alias_keys(&id)? {
+        for other in self.storage.media_alias_keys(&id)? {
             if other == primary {
                 continue;
             }
@@ -239,12 +243,8 @@ impl Cache {
             let mut entry = hit.entry.clone();
             entry.group = None;
             entry.invalidated = false;
-            let blob = crate::store::BlobId {
-                hash: entry.blob.clone(),
-                size: entry.size,
-            };
-            self.store.commit_entry(primary, primary, &[], &entry, &blob)?;
-            self.evictor.committed(primary, 0);
+            self.storage.link(primary, &entry)?;
+            self.budget.committed(primary, 0);
             tracing::debug!(media_id = %id, "served from another URL of the same media (alias)");
             return Ok(Some(Hit {
                 key: primary.to_vec(),
@@ -271,45 +271,48 @@ impl Cache {
 
     /// Marks stored responses for `primary` invalidated (RFC 9111 §4.4).
     pub fn invalidate(&self, primary: &[u8]) -> Result<usize, CacheError> {
-        Ok(self.store.invalidate(primary)?)
+        Ok(self.storage.invalidate(primary)?)
     }
 
-    /// Checks the blob of `entry` if this process has not yet (or always with `verify_on_read`). A blob
+    /// Applies a 304's header fields to a stored response (§4.3.4), marks it just received and valid
+    /// again, and stores the new head.
+    pub fn refreshed(&self, mut hit: Hit, not_modified: &HeaderMap) -> Hit {
+        let mut headers = hit.entry.header_map();
+        let mut fresh_headers = not_modified.clone();
+        crate::headers::strip_hop_by_hop(&mut fresh_headers);
+        fresh_headers.remove(header::VIA);
+        fresh_headers.remove("x-outpost-cache");
+        policy::update_from_304(&mut headers, &fresh_headers);
+        hit.entry.set_headers(&headers);
+        let now = to_ms(crate::clock::now());
+        hit.entry.request_time_ms = now;
+        hit.entry.response_time_ms = now;
+        hit.entry.invalidated = false;
+        if let Err(e) = self.storage.update_entry(&hit.key, &hit.entry) {
+            tracing::warn!(error = %e, "updating a revalidated entry failed");
+        }
+        hit
+    }
+
+    /// Checks the body of `hit` if this process has not yet (or always with `verify_on_read`). A body
     /// that fails is deleted along with the entry, and the hit becomes a miss.
     async fn ensure_verified(&self, hit: &Hit) -> Result<(), CacheError> {
         let hash = &hit.entry.blob;
         if !self.verify_on_read && self.verified.lock().map(|s| s.contains(hash)).unwrap_or(false) {
             return Ok(());
         }
-        let store = self.store.clone();
-        let id = crate::store::BlobId {
+        let storage = self.storage.clone();
+        let (key, entry) = (hit.key.clone(), hit.entry.clone());
+        let blob_err = |reason: String| CacheError::Blob {
             hash: hash.clone(),
-            size: hit.entry.size,
+            reason,
         };
-        let key = hit.key.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            let ok = store.blobs().verify(&id)?;
-            if !ok {
-                tracing::error!(blob = %id.hash, "blob failed verification; dropping it and its entry");
-                store.remove_entry(&key).map_err(std::io::Error::other)?;
-                store.blobs().remove(&id.hash)?;
-            }
-            Ok::<bool, std::io::Error>(ok)
-        })
-        .await
-        .map_err(|e| CacheError::Blob {
-            hash: hash.clone(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| CacheError::Blob {
-            hash: hash.clone(),
-            reason: e.to_string(),
-        })?;
+        let ok = tokio::task::spawn_blocking(move || storage.verify_body(&key, &entry))
+            .await
+            .map_err(|e| blob_err(e.to_string()))?
+            .map_err(|e| blob_err(e.to_string()))?;
         if !ok {
-            return Err(CacheError::Blob {
-                hash: hash.clone(),
-                reason: "size or hash mismatch".into(),
-            });
+            return Err(blob_err("size or hash mismatch".into()));
         }
         if let Ok(mut s) = self.verified.lock() {
             s.insert(hash.clone());
@@ -317,8 +320,8 @@ impl Cache {
         Ok(())
     }
 
-    /// Builds the response for a stored entry: stored head, `Age`, and the body streamed from its blob
-    /// (none for HEAD).
+    /// Builds the response for a stored entry: stored head, `Age`, and the body from storage (none for
+    /// HEAD; the requested range for a `Range` request). A matching `If-None-Match` gets a 304.
     pub async fn respond(
         &self,
         hit: &Hit,
@@ -326,8 +329,11 @@ impl Cache {
         head_only: bool,
         now: SystemTime,
     ) -> Result<Response<ProxyBody>, CacheError> {
+        if let Some(resp) = not_modified_for_client(hit, req_headers) {
+            return Ok(resp);
+        }
         self.ensure_verified(hit).await?;
-        self.evictor.touch(&hit.key);
+        self.budget.touch(&hit.key);
         let headers = hit.entry.header_map();
         let age = hit.age(&headers, now);
         let size = hit.entry.size;
@@ -352,35 +358,15 @@ impl Cache {
                 return Ok(resp);
             }
         };
-        let blob_err = |e: std::io::Error| CacheError::Blob {
-            hash: hit.entry.blob.clone(),
-            reason: e.to_string(),
-        };
-        let sealed = self.store.blobs().sealed();
-        let body = if head_only || len == 0 {
+        let body = if head_only {
             body::empty()
-        } else if size <= MAPPED_MIN || (sealed && size <= crate::store::HOT_BLOB_MAX) {
-            // Small answers come from memory once read (content-addressed bytes never change).
-            let all = self.store.blobs().read_small(&hit.entry.blob, size).map_err(blob_err)?;
-            let end = (start + len).min(all.len() as u64);
-            body::full(all.slice(start.min(end) as usize..end as usize))
-        } else if !sealed {
-            // A slice of the file's map: sent from the page cache by the connection, whatever its length.
-            body::full(
-                self.store
-                    .blobs()
-                    .read_range(&hit.entry.blob, start, len as usize)
-                    .map_err(blob_err)?,
-            )
-        } else if len <= SMALL_BODY {
-            body::full(
-                self.store
-                    .blobs()
-                    .read_range(&hit.entry.blob, start, len as usize)
-                    .map_err(blob_err)?,
-            )
         } else {
-            sealed_body(self.store.clone(), hit.entry.blob.clone(), start, len)
+            self.storage
+                .read_body(&hit.entry, start, len)
+                .map_err(|e| CacheError::Blob {
+                    hash: hit.entry.blob.clone(),
+                    reason: e.to_string(),
+                })?
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -401,197 +387,35 @@ impl Cache {
         }
         Ok(resp)
     }
+}
 
-    /// Streams `resp` to the client while writing its body to a new blob; commits the entry when the
-    /// body ended whole. The fill continues if the client goes away. `guard` is released when done.
-    pub fn tee(
-        self: &Arc<Self>,
-        info: FillInfo,
-        resp: Response<ProxyBody>,
-        guard: Option<FillGuard>,
-    ) -> Response<ProxyBody> {
-        let (parts, mut upstream_body) = resp.into_parts();
-        let announced: Option<u64> = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let resp_headers = parts.headers.clone();
-        let status = parts.status;
-        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(16);
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let mut writer = if !cache.evictor.accepting() {
-                tracing::debug!(url = %info.url, "cache full (over budget with only pins, or auto_evict off); not stored");
-                None
-            } else {
-                match cache.store.blobs().begin() {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start a blob; response not stored");
-                        cache.store.note_write_error();
-                        None
-                    }
-                }
-            };
-            let mut client = Some(tx);
-            // The last chunk is held back until the commit: a client that has read the whole body (hyper
-            // counts Content-Length) can rely on it being stored, e.g. when going offline right after.
-            let mut held: Option<Bytes> = None;
-            let mut whole = true;
-            while let Some(frame) = upstream_body.frame().await {
-                let data = match frame {
-                    Err(e) => {
-                        tracing::warn!(url = %info.url, error = %e, "upstream body failed; not stored");
-                        if let Some(tx) = &client {
-                            if let Some(d) = held.take() {
-                                let _ = tx.send(Ok(d)).await;
-                            }
-                            let _ = tx.send(Err(e)).await;
-                        }
-                        client = None;
-                        whole = false;
-                        break;
-                    }
-                    Ok(frame) => match frame.into_data() {
-                        Ok(d) => d,
-                        Err(_) => continue,
-                    },
-                };
-                if let Some(w) = &mut writer {
-                    if let Err(e) = w.write(&data) {
-                        tracing::warn!(error = %e, "blob write failed; response not stored");
-                        cache.store.note_write_error();
-                        writer = None;
-                    }
-                }
-                let previous = held.replace(data);
-                if let (Some(tx), Some(p)) = (&client, previous) {
-                    if tx.send(Ok(p)).await.is_err() {
-                        client = None;
-                    }
-                }
-                if writer.is_none() && client.is_none() {
-                    whole = false;
-                    break;
-                }
-            }
-            let state = match writer {
-                Some(w) if whole && announced.is_none_or(|n| n == w.len()) => {
-                    let store = cache.store.clone();
-                    let evictor = cache.evictor.clone();
-                    let committed = tokio::task::spawn_blocking(move || {
-                        let retain = info.retain.clone();
-                        let done = commit(&store, info, status, &resp_headers, w)?;
-                        if let Some((group, keep, drop)) = retain {
-                            evictor.retain(&group, keep, drop)?;
-                        }
-                        Ok::<_, CacheError>(done)
-                    })
-                    .await;
-                    match committed {
-                        Ok(Ok((key, new_bytes))) => {
-                            cache.evictor.committed(&key, new_bytes);
-                            FillState::Done
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "storing a response failed");
-                            cache.store.note_write_error();
-                            FillState::Failed
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "storing a response panicked");
-                            FillState::Failed
-                        }
-                    }
-                }
-                Some(w) if whole => {
-                    tracing::warn!(url = %info.url, got = w.len(), ?announced, "truncated upstream body; not stored");
-                    FillState::Failed
-                }
-                _ => FillState::Failed,
-            };
-            if let (Some(tx), Some(d)) = (&client, held.take()) {
-                let _ = tx.send(Ok(d)).await;
-            }
-            drop(client);
-            if let Some(g) = guard {
-                g.complete(state);
-            }
-        });
-        Response::from_parts(parts, channel_body(rx))
+/// §13.1.2 weak comparison of the client's If-None-Match against the stored ETag (200s only).
+fn not_modified_for_client(hit: &Hit, req_headers: &HeaderMap) -> Option<Response<ProxyBody>> {
+    if hit.entry.status != 200 {
+        return None;
     }
-}
-
-/// Makes the blob durable, then commits the entry (blocking).
-fn commit(
-    store: &Store,
-    info: FillInfo,
-    status: StatusCode,
-    resp_headers: &HeaderMap,
-    w: crate::store::BlobWriter,
-) -> Result<(Vec<u8>, u64), CacheError> {
-    let blob = store.blobs().finish(w).map_err(|e| CacheError::Blob {
-        hash: "-".into(),
-        reason: e.to_string(),
-    })?;
-    let fields = policy::vary_fields(resp_headers);
-    let (key, vary) = if fields.is_empty() {
-        (info.primary.clone(), Vec::new())
-    } else {
-        let values = policy::vary_values(&fields, &info.req_headers);
-        (key::variant_key(&info.primary, &values), values)
-    };
-    let mut entry = Entry::stored(
-        status.as_u16(),
-        &storable_headers(resp_headers),
-        &blob,
-        ms(info.response_time),
-        (info.kind, info.route, info.url),
-    );
-    entry.request_time_ms = ms(info.request_time);
-    entry.vary = vary;
-    entry.group = info.retain.map(|(g, _, _)| g);
-    let new_blob = store.commit_entry(&info.primary, &key, &fields, &entry, &blob)?;
-    Ok((key, if new_blob { blob.size } else { 0 }))
-}
-
-/// Headers kept with a stored response: connection-specific and per-hop fields are not (RFC 9111 §3.1).
-fn storable_headers(h: &HeaderMap) -> HeaderMap {
-    let mut out = h.clone();
-    crate::proxy::strip_hop_by_hop(&mut out);
-    for name in ["x-outpost-cache", "x-outpost-pending"] {
-        out.remove(name);
+    let inm = req_headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    let stored = hit.entry.headers.map();
+    let etag = stored.get(header::ETAG)?.to_str().ok()?;
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let matches = inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
+    if !matches {
+        return None;
     }
-    out
-}
-
-/// A body fed by the fill task; ends with the upstream's error if it had one.
-fn channel_body(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> ProxyBody {
-    let s = stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item.map(Frame::data), rx))
-    });
-    StreamBody::new(s).boxed()
-}
-
-/// Streams plaintext bytes `start..start+len` of a sealed blob, a few chunks per blocking read (each
-/// chunk is authenticated before any of its bytes are sent).
-fn sealed_body(store: Arc<Store>, hash: String, start: u64, len: u64) -> ProxyBody {
-    const STEP: u64 = 4 * crate::store::SEALED_CHUNK as u64;
-    let s = stream::unfold((store, hash, start, start + len), |(store, hash, at, end)| async move {
-        if at >= end {
-            return None;
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::ETAG,
+        header::CACHE_CONTROL,
+        header::DATE,
+        header::EXPIRES,
+        header::VARY,
+        header::CONTENT_LOCATION,
+        header::LAST_MODIFIED,
+    ] {
+        for v in stored.get_all(&name) {
+            resp.headers_mut().append(name.clone(), v.clone());
         }
-        // Ends on a chunk boundary, so no chunk is opened twice.
-        let n = ((at / STEP + 1) * STEP).min(end) - at;
-        let (st, h) = (store.clone(), hash.clone());
-        let read = tokio::task::spawn_blocking(move || st.blobs().read_range(&h, at, n as usize)).await;
-        match read {
-            Ok(Ok(b)) => Some((Ok(Frame::data(b)), (store, hash, at + n, end))),
-            Ok(Err(e)) => Some((Err(Box::new(e) as BoxError), (store, hash, end, end))),
-            Err(e) => Some((Err(Box::new(e) as BoxError), (store, hash, end, end))),
-        }
-    });
-    StreamBody::new(s).boxed()
+    }
+    Some(resp)
 }

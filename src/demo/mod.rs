@@ -8,6 +8,7 @@
 //! exactly-once effects); faults apply to the API and media ports, never to the control port.
 
 mod api;
+mod content;
 pub mod story;
 
 use std::collections::HashMap;
@@ -28,7 +29,8 @@ use tokio::task::JoinHandle;
 use crate::body::ProxyBody;
 use crate::server::{Server, ShutdownSignal};
 
-pub use api::{audio_bytes, make_token, DemoState, Mutation};
+pub use api::{DemoState, Mutation};
+pub use content::{audio_bytes, make_token};
 
 /// A fault the backend injects on its API and media ports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -393,7 +393,7 @@ impl Store {
                 break;
             }
             // Only the key itself or its variants (primary + VARIANT_SEP + hash), not longer paths.
-            if k.len() != primary.len() && k[primary.len()] != crate::cache::key::VARIANT_SEP {
+            if k.len() != primary.len() && k[primary.len()] != super::VARIANT_SEP {
                 continue;
             }
             if let Some(Record::Entry(mut e)) = self.decode_record(&k, &v) {
@@ -626,7 +626,7 @@ impl Store {
             if kind.is_some_and(|want| e.kind != want) {
                 continue;
             }
-            if partition.is_some_and(|p| crate::cache::key::key_partition(&k) != p.as_bytes()) {
+            if partition.is_some_and(|p| super::key_partition(&k) != p.as_bytes()) {
                 continue;
             }
             out.push(k.to_vec());

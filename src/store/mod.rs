@@ -10,7 +10,9 @@
 mod blob;
 mod crypt;
 mod entry;
+mod memory;
 mod outbox;
+mod seam;
 mod verify;
 
 use std::fs::File;
@@ -22,8 +24,21 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
 pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained, StoredHeaders};
-pub use outbox::{ItemState, OutboxRecord};
+pub use memory::MemoryStorage;
+pub use seam::{Budget, Commit, DiskStorage, FillSink, Storage, Unbounded};
 pub use verify::VerifyReport;
+
+/// Separator between a primary cache key and a variant's fingerprint (the key layout is the cache's,
+/// see `cache::key`; the store needs these two facts to invalidate variants and clear by user).
+pub const VARIANT_SEP: u8 = 0x01;
+
+/// The partition part of a cache key: everything before the first NUL.
+pub fn key_partition(key: &[u8]) -> &[u8] {
+    match key.iter().position(|&b| b == 0) {
+        Some(i) => &key[..i],
+        None => key,
+    }
+}
 
 /// Layout version written in `meta`; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -14,80 +14,16 @@ use http_body_util::{BodyExt, StreamBody};
 use serde_json::Value;
 
 use crate::body::ProxyBody;
-use crate::config::MediaRewrite;
 
-/// A path into JSON like `items[*].url` or `data.tracks[0].src`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JsonPath(Vec<Step>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Each,
-    Index(usize),
-}
-
-impl JsonPath {
-    /// Parses `a.b[*].c`; errors name the problem.
-    pub fn parse(src: &str) -> Result<JsonPath, String> {
-        let mut steps = Vec::new();
-        for part in src.split('.') {
-            let (name, mut rest) = match part.find('[') {
-                Some(i) => (&part[..i], &part[i..]),
-                None => (part, ""),
-            };
-            if name.is_empty() && steps.is_empty() && rest.is_empty() {
-                return Err(format!("JSON path {src:?} has an empty segment"));
-            }
-            if !name.is_empty() {
-                steps.push(Step::Key(name.to_string()));
-            }
-            while !rest.is_empty() {
-                if !rest.starts_with('[') {
-                    return Err(format!("JSON path {src:?}: unexpected {rest:?} after ']'"));
-                }
-                let close = rest
-                    .find(']')
-                    .ok_or_else(|| format!("JSON path {src:?}: '[' without ']'"))?;
-                let inner = &rest[1..close];
-                steps.push(match inner {
-                    "*" => Step::Each,
-                    n => Step::Index(
-                        n.parse()
-                            .map_err(|_| format!("JSON path {src:?}: [{n}] is not * or a number"))?,
-                    ),
-                });
-                rest = &rest[close + 1..];
-            }
-        }
-        if steps.is_empty() {
-            return Err(format!("JSON path {src:?} is empty"));
-        }
-        Ok(JsonPath(steps))
-    }
-
-    /// Every string found at the path.
-    pub fn strings<'a>(&self, v: &'a Value) -> Vec<&'a str> {
-        self.values(v).into_iter().filter_map(Value::as_str).collect()
-    }
-
-    /// Every value found at the path.
-    pub fn values<'a>(&self, v: &'a Value) -> Vec<&'a Value> {
-        let mut cur = vec![v];
-        for step in &self.0 {
-            let mut next = Vec::new();
-            for c in cur {
-                match (step, c) {
-                    (Step::Key(k), Value::Object(o)) => next.extend(o.get(k)),
-                    (Step::Each, Value::Array(a)) => next.extend(a.iter()),
-                    (Step::Index(i), Value::Array(a)) => next.extend(a.get(*i)),
-                    _ => {}
-                }
-            }
-            cur = next;
-        }
-        cur
-    }
+/// One media rewrite rule: `https://media.host/base/...` → `<client's host><local_prefix>/...`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MediaRewrite {
+    /// Upstream whose absolute URLs are rewritten.
+    pub upstream: String,
+    /// Its URL as text, without a trailing slash (what is matched).
+    pub origin: String,
+    /// The local path prefix routed to it (the route's strip_prefix).
+    pub local_prefix: String,
 }
 
 /// Rewrites every string in `v` that starts with a rule's origin; returns how many changed.
@@ -216,19 +152,6 @@ pub fn local_target(url: &str, rules: &[MediaRewrite]) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn json_paths_find_pinned_urls() {
-        let v =
-            json!({"items": [{"url": "u1"}, {"url": "u2"}, {"title": "no url"}], "data": {"tracks": [{"src": "s0"}]}});
-        assert_eq!(JsonPath::parse("items[*].url").unwrap().strings(&v), vec!["u1", "u2"]);
-        assert_eq!(JsonPath::parse("data.tracks[0].src").unwrap().strings(&v), vec!["s0"]);
-        assert!(JsonPath::parse("items[*].missing").unwrap().strings(&v).is_empty());
-        // "a[0]é[*]" panicked (slicing inside a multi-byte char) before the parsers test found it.
-        for bad in ["", "items[", "items[x]", "a[0]\u{e9}[*]", "a[0]x"] {
-            assert!(JsonPath::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     fn rules() -> Vec<MediaRewrite> {
         vec![MediaRewrite {

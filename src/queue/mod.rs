@@ -8,21 +8,23 @@
 //! per-route ordering keys make independent lines), higher priority first among lines.
 
 pub mod backoff;
+mod record;
 mod replay;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-pub use replay::ReplayWorker;
+pub use record::{ItemState, OutboxRecord};
+pub use replay::{Delivery, ReplayWorker, SendError};
 
+use crate::clock::now_ms;
 use crate::config::QueueSettings;
-use crate::store::{ItemState, OutboxRecord, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why the worker is not replaying.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,14 +54,6 @@ pub enum QueueError {
     /// The group commit this write was part of failed: the write was NOT queued.
     #[error("outbox write failed: {0}")]
     Batch(String),
-}
-
-/// Current Unix time in ms.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The outbox: durable items plus the in-memory state the request path reads cheaply.
@@ -110,7 +104,7 @@ impl Outbox {
             waiting: Mutex::new(Vec::new()),
             wake: Notify::new(),
         };
-        for item in outbox.store.outbox_all()? {
+        for item in record::all(&outbox.store)? {
             if item.state == ItemState::Pending {
                 outbox.count_paths(&item, 1);
             }
@@ -206,7 +200,7 @@ impl Outbox {
             });
             slots.push(slot);
         }
-        match self.store.outbox_put_all(&records) {
+        match record::put_all(&self.store, &records) {
             Ok(()) => {
                 for (item, slot) in records.iter().zip(&slots) {
                     self.count_paths(item, 1);
@@ -236,7 +230,7 @@ impl Outbox {
             .unwrap_or_default();
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            if let Some(item) = self.store.outbox_get(seq)? {
+            if let Some(item) = record::get(&self.store, seq)? {
                 out.push(item);
             }
         }
@@ -245,7 +239,7 @@ impl Outbox {
 
     /// All items (pending, dead letters, overridden), in order.
     pub fn list(&self) -> Result<Vec<OutboxRecord>, QueueError> {
-        Ok(self.store.outbox_all()?)
+        Ok(record::all(&self.store)?)
     }
 
     /// Number of pending items.
@@ -254,8 +248,7 @@ impl Outbox {
     }
 
     fn find(&self, id: &str) -> Result<OutboxRecord, QueueError> {
-        self.store
-            .outbox_all()?
+        record::all(&self.store)?
             .into_iter()
             .find(|i| i.id == id)
             .ok_or_else(|| QueueError::NotFound(id.to_string()))
@@ -270,7 +263,7 @@ impl Outbox {
         item.state = ItemState::Pending;
         item.next_try_ms = now_ms();
         item.attempts = 0;
-        self.store.outbox_put(&item)?;
+        record::put(&self.store, &item)?;
         self.wake.notify_one();
         Ok(())
     }
@@ -278,8 +271,7 @@ impl Outbox {
     /// Retries every dead letter; returns how many.
     pub fn retry_dead_letters(&self) -> Result<usize, QueueError> {
         let dead: Vec<_> = self
-            .store
-            .outbox_all()?
+            .list()?
             .into_iter()
             .filter(|i| i.state == ItemState::DeadLetter)
             .collect();
@@ -305,7 +297,7 @@ impl Outbox {
     }
 
     pub(crate) fn update(&self, item: &OutboxRecord, was_pending: bool) -> Result<(), QueueError> {
-        self.store.outbox_put(item)?;
+        record::put(&self.store, item)?;
         if was_pending && item.state != ItemState::Pending {
             self.count_paths(item, -1);
         }

@@ -1,16 +1,20 @@
 //! The replay worker: delivers queued writes in order once their upstream can take them.
+//!
+//! It knows nothing of routes, upstream clients or the cache: it holds a [`Delivery`] (the proxy's
+//! replay adapter) that turns a record into an upstream exchange and says what the record's route wants.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
 
-use super::{backoff, now_ms, Outbox, QueueState};
-use crate::config::ConflictPolicy;
-use crate::proxy::Proxy;
-use crate::store::{ItemState, OutboxRecord};
+use super::{backoff, Outbox, QueueState};
+use super::{ItemState, OutboxRecord};
+use crate::body::ProxyBody;
+use crate::clock::now_ms;
+use crate::routes::ConflictPolicy;
 
 /// Longest idle sleep; enqueue, retry and state changes wake the worker earlier.
 const IDLE: Duration = Duration::from_secs(30);
@@ -19,10 +23,32 @@ const OFFLINE_RECHECK: Duration = Duration::from_millis(500);
 /// How much of a refusing answer is kept with a dead letter.
 const KEPT_BODY: usize = 16 * 1024;
 
-/// Replays the outbox through the proxy's forwarding path.
-pub struct ReplayWorker {
+/// Why a queued record was not answered by its upstream.
+#[derive(Debug)]
+pub enum SendError {
+    /// The exchange failed (unreachable, timeout, broken): retried with backoff.
+    Failed(String),
+    /// The record cannot be turned into a request (its method or target does not parse): it becomes a
+    /// dead letter with this reason, never a guess.
+    Invalid(String),
+}
+
+/// What the worker needs from the rest of Outpost to deliver a record.
+pub trait Delivery: Send + Sync + 'static {
+    /// Whether the record's upstream is reachable now.
+    fn online(&self, item: &OutboxRecord) -> bool;
+    /// Sends the record to its upstream (with the newest credentials known for its partition).
+    fn send(&self, item: &OutboxRecord) -> impl Future<Output = Result<http::Response<ProxyBody>, SendError>> + Send;
+    /// What the record's route does on a 409/412.
+    fn conflict_policy(&self, item: &OutboxRecord) -> ConflictPolicy;
+    /// The record was delivered: invalidate what it changed.
+    fn delivered(&self, item: &OutboxRecord);
+}
+
+/// Replays the outbox through a [`Delivery`].
+pub struct ReplayWorker<D> {
     outbox: Arc<Outbox>,
-    proxy: Arc<Proxy>,
+    delivery: Arc<D>,
 }
 
 /// What one attempt decided.
@@ -40,12 +66,15 @@ enum Verdict {
     NeedsAuth {
         status: u16,
     },
+    Invalid {
+        reason: String,
+    },
 }
 
-impl ReplayWorker {
-    /// A worker over `outbox`, sending through `proxy`.
-    pub fn new(outbox: Arc<Outbox>, proxy: Arc<Proxy>) -> ReplayWorker {
-        ReplayWorker { outbox, proxy }
+impl<D: Delivery> ReplayWorker<D> {
+    /// A worker over `outbox`, sending through `delivery`.
+    pub fn new(outbox: Arc<Outbox>, delivery: Arc<D>) -> ReplayWorker<D> {
+        ReplayWorker { outbox, delivery }
     }
 
     /// Runs until `stop` resolves (an attempt in flight is finished first).
@@ -93,7 +122,7 @@ impl ReplayWorker {
         for h in heads {
             if h.next_try_ms > now {
                 wait = wait.min(Duration::from_millis(h.next_try_ms - now));
-            } else if !self.proxy.upstream_online_for(h) {
+            } else if !self.delivery.online(h) {
                 wait = wait.min(OFFLINE_RECHECK);
             } else {
                 due.push(h);
@@ -108,14 +137,15 @@ impl ReplayWorker {
     }
 
     async fn attempt(&self, mut item: OutboxRecord) {
-        let verdict = match self.proxy.replay(&item).await {
-            Err(e) => Verdict::Retry {
+        let verdict = match self.delivery.send(&item).await {
+            Err(SendError::Failed(error)) => Verdict::Retry {
                 after: self.backoff(item.attempts),
-                error: e.to_string(),
+                error,
             },
+            Err(SendError::Invalid(reason)) => Verdict::Invalid { reason },
             Ok(resp) => {
                 let status = resp.status();
-                let retry_after = backoff::retry_after(resp.headers(), SystemTime::now());
+                let retry_after = backoff::retry_after(resp.headers(), crate::clock::now());
                 let body = kept_body(resp.into_body()).await;
                 self.judge(&item, status, retry_after, body)
             }
@@ -128,7 +158,7 @@ impl ReplayWorker {
                     // It stays queued and is replayed again with the same key: at-least-once.
                     tracing::error!(id = %item.id, error = %e, "removing a delivered item failed");
                 }
-                self.proxy.after_replay(&item);
+                self.delivery.delivered(&item);
             }
             Verdict::Retry { after, error } => {
                 item.attempts += 1;
@@ -150,6 +180,13 @@ impl ReplayWorker {
                 item.response = Some((status, body));
                 item.last_error = Some(format!("upstream answered {status}"));
                 tracing::warn!(id = %item.id, status, state = state.as_str(), "queued write stopped");
+                self.save(&item, was_pending);
+            }
+            Verdict::Invalid { reason } => {
+                tracing::error!(id = %item.id, %reason, "queued write cannot be sent: dead letter");
+                item.attempts += 1;
+                item.state = ItemState::DeadLetter;
+                item.last_error = Some(format!("cannot be sent: {reason}"));
                 self.save(&item, was_pending);
             }
             Verdict::NeedsAuth { status } => {
@@ -179,7 +216,7 @@ impl ReplayWorker {
             return Verdict::Delivered;
         }
         match code {
-            409 | 412 => match self.proxy.conflict_policy(item) {
+            409 | 412 => match self.delivery.conflict_policy(item) {
                 ConflictPolicy::ServerWins => Verdict::Stop {
                     state: ItemState::Overridden,
                     status: code,
@@ -214,7 +251,7 @@ impl ReplayWorker {
 }
 
 /// The start of an answer's body, as text, for the record.
-async fn kept_body(mut body: crate::body::ProxyBody) -> String {
+async fn kept_body(mut body: ProxyBody) -> String {
     let mut kept = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
         if let Some(d) = frame.data_ref() {
@@ -223,4 +260,112 @@ async fn kept_body(mut body: crate::body::ProxyBody) -> String {
         }
     }
     String::from_utf8_lossy(&kept).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::QueueSettings;
+    use crate::store::Store;
+
+    /// A delivery whose upstream always fails (or whose records never parse), recording when it was
+    /// called on tokio's clock.
+    struct Failing {
+        attempts: Mutex<Vec<tokio::time::Instant>>,
+        invalid: bool,
+    }
+
+    impl Delivery for Failing {
+        fn online(&self, _: &OutboxRecord) -> bool {
+            true
+        }
+        async fn send(&self, _: &OutboxRecord) -> Result<http::Response<ProxyBody>, SendError> {
+            self.attempts.lock().unwrap().push(tokio::time::Instant::now());
+            if self.invalid {
+                Err(SendError::Invalid("invalid method \"P UT\"".into()))
+            } else {
+                Err(SendError::Failed("connection refused".into()))
+            }
+        }
+        fn conflict_policy(&self, _: &OutboxRecord) -> ConflictPolicy {
+            ConflictPolicy::DeadLetter
+        }
+        fn delivered(&self, _: &OutboxRecord) {}
+    }
+
+    fn setup(settings: QueueSettings, invalid: bool) -> (tempfile::TempDir, Arc<Outbox>, Arc<Failing>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let outbox = Arc::new(Outbox::open(store, settings).unwrap());
+        outbox
+            .enqueue(OutboxRecord {
+                method: if invalid { "P UT".into() } else { "PUT".into() },
+                uri: "/api/v1/x".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let failing = Arc::new(Failing {
+            attempts: Mutex::new(Vec::new()),
+            invalid,
+        });
+        (dir, outbox, failing)
+    }
+
+    /// Backoff on tokio's paused clock: the whole schedule runs in virtual time, every gap stays under
+    /// its full-jitter ceiling, and the item becomes a dead letter after `max_attempts`.
+    #[tokio::test(start_paused = true)]
+    async fn failed_replays_back_off_within_the_ceiling_until_a_dead_letter() {
+        let settings = QueueSettings {
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(8),
+            max_attempts: 6,
+            max_age: Duration::from_secs(86_400),
+        };
+        let (_dir, outbox, failing) = setup(settings, false);
+        let stop = crate::server::ShutdownSignal::new();
+        let worker = tokio::spawn(ReplayWorker::new(outbox.clone(), failing.clone()).run(stop.triggered()));
+        let started = tokio::time::Instant::now();
+        while failing.attempts.lock().unwrap().len() < 6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(started.elapsed() < Duration::from_secs(3600), "replay stalled");
+        }
+        stop.trigger();
+        worker.await.unwrap();
+        let times = failing.attempts.lock().unwrap().clone();
+        for (n, pair) in times.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            let ceiling = backoff::ceiling(n as u32, settings.backoff_base, settings.backoff_cap);
+            assert!(
+                gap <= ceiling + Duration::from_millis(150),
+                "gap {n}: {gap:?} > {ceiling:?}"
+            );
+        }
+        let items = outbox.list().unwrap();
+        assert_eq!(items[0].state, ItemState::DeadLetter);
+        assert_eq!(items[0].attempts, 6);
+        assert_eq!(outbox.depth(), 0);
+    }
+
+    /// A record that cannot be turned into a request is a dead letter with the reason, at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_does_not_parse_is_a_dead_letter_with_its_reason() {
+        let (_dir, outbox, failing) = setup(QueueSettings::default(), true);
+        let stop = crate::server::ShutdownSignal::new();
+        let worker = tokio::spawn(ReplayWorker::new(outbox.clone(), failing.clone()).run(stop.triggered()));
+        while outbox.depth() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.trigger();
+        worker.await.unwrap();
+        assert_eq!(failing.attempts.lock().unwrap().len(), 1, "never retried");
+        let item = &outbox.list().unwrap()[0];
+        assert_eq!(item.state, ItemState::DeadLetter);
+        assert!(
+            item.last_error.as_deref().unwrap_or("").contains("invalid method"),
+            "{:?}",
+            item.last_error
+        );
+    }
 }

@@ -1,0 +1,661 @@
+//! Stage two: every raw value checked and typed, section by section, with flags and environment merged
+//! in by one function ([`merge`]). Every error names file, line, key and reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use toml::Spanned;
+
+use super::raw::{line_of, RawConfig, RawRoute, RawUpstream};
+use super::{
+    default_upstream_config, CacheSettings, Config, ConfigError, EncryptionKey, LogFormat, Overrides, QueueSettings,
+    Roots, UpstreamConfig, DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_SIZE, DEFAULT_UPSTREAM_NAME,
+};
+use crate::media::{JsonPath, MediaAlias, MediaRewrite};
+use crate::routes::{ConflictPolicy, Retention, RouteConfig, RoutePattern, RoutePolicy, Strategy};
+use crate::units::{parse_duration, parse_size};
+
+/// Where errors point: the file's text and name.
+struct Ctx<'a> {
+    src: &'a str,
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Option<std::ops::Range<usize>>, key: &str, reason: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            line: span.map(|s| line_of(self.src, s.start)).unwrap_or(0),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref()).map_err(|r| self.err(Some(s.span()), key, r)),
+        }
+    }
+
+    fn opt_duration(&self, v: &Option<Spanned<String>>, key: &str) -> Result<Option<Duration>, ConfigError> {
+        v.as_ref().map(|_| self.duration(v, key, Duration::ZERO)).transpose()
+    }
+
+    /// Parses a merged setting, naming the flag or the file's key in errors.
+    fn setting<T>(&self, s: &Setting<'_>, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        match s {
+            Setting::Flag { flag, value } => parse(value).map_err(|r| FLAGS.err(None, flag, r)),
+            Setting::File { key, value } => parse(value.get_ref()).map_err(|r| self.err(Some(value.span()), key, r)),
+            Setting::Default { key, value } => parse(value).map_err(|r| FLAGS.err(None, key, r)),
+        }
+    }
+}
+
+/// Errors in command-line values.
+const FLAGS: Ctx<'static> = Ctx {
+    src: "",
+    file: "<flags>",
+};
+
+/// One top-level value and where it came from: a flag (or its environment variable), the file, or
+/// the default.
+enum Setting<'a> {
+    Flag {
+        flag: &'static str,
+        value: &'a str,
+    },
+    File {
+        key: &'static str,
+        value: &'a Spanned<String>,
+    },
+    Default {
+        key: &'static str,
+        value: &'static str,
+    },
+}
+
+/// The values flags and environment variables can set, merged with the file: flags win, then the
+/// file, then the defaults. The one place where that order is decided.
+struct Merged<'a> {
+    listen: Setting<'a>,
+    admin: Setting<'a>,
+    max_size: Setting<'a>,
+    data_dir: PathBuf,
+    /// `--upstream URL`: the default upstream's URL (created when the file has no upstreams).
+    upstream: Option<&'a str>,
+}
+
+fn merge<'a>(raw: &'a RawConfig, ov: &'a Overrides) -> Merged<'a> {
+    fn pick<'a>(
+        flag: (&'static str, Option<&'a String>),
+        file: (&'static str, Option<&'a Spanned<String>>),
+        default: &'static str,
+    ) -> Setting<'a> {
+        match (flag.1, file.1) {
+            (Some(v), _) => Setting::Flag { flag: flag.0, value: v },
+            (None, Some(v)) => Setting::File { key: file.0, value: v },
+            (None, None) => Setting::Default {
+                key: file.0,
+                value: default,
+            },
+        }
+    }
+    Merged {
+        listen: pick(
+            ("--listen", ov.listen.as_ref()),
+            ("listen", raw.listen.as_ref()),
+            DEFAULT_LISTEN,
+        ),
+        admin: pick(
+            ("--admin", ov.admin.as_ref()),
+            ("admin_listen", raw.admin_listen.as_ref()),
+            DEFAULT_ADMIN,
+        ),
+        max_size: pick(
+            ("--max-size", ov.max_size.as_ref()),
+            ("max_size", raw.max_size.as_ref()),
+            DEFAULT_MAX_SIZE,
+        ),
+        data_dir: ov
+            .data_dir
+            .clone()
+            .or_else(|| raw.data_dir.clone().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        upstream: ov.upstream.as_deref(),
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("invalid socket address {s:?}; expected IP:PORT such as \"127.0.0.1:8787\""))
+}
+
+fn parse_upstream_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.trim().parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("URL {s:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("URL {s:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("URL {s:?} must not have a query"));
+    }
+    Ok(uri)
+}
+
+impl RawConfig {
+    /// Stage two: check every value, apply overrides and defaults.
+    pub fn validate(self, src: &str, file: &str, ov: &Overrides) -> Result<Config, ConfigError> {
+        let cx = Ctx { src, file };
+        let merged = merge(&self, ov);
+        let listen = cx.setting(&merged.listen, parse_addr)?;
+        let admin_listen = cx.setting(&merged.admin, parse_addr)?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(cx.err(
+                self.admin_listen.as_ref().map(|s| s.span()),
+                "admin_listen",
+                format!("must differ from listen ({listen})"),
+            ));
+        }
+        let max_size = cx.setting(&merged.max_size, parse_size)?;
+        let log_format = match self.log_format.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                return Err(cx.err(
+                    Some(span),
+                    "log_format",
+                    format!("unknown format {other:?} (known: text, json)"),
+                ))
+            }
+        };
+        let (upstreams, default_upstream) = self.upstreams(&cx, merged.upstream)?;
+        let routes = self.routes(&cx, &upstreams, default_upstream)?;
+        Ok(Config {
+            encryption: self.encryption(&cx)?,
+            listen,
+            admin_listen,
+            data_dir: merged.data_dir,
+            max_size,
+            shutdown_grace: cx.duration(&self.shutdown_grace, "shutdown_grace", Duration::from_secs(10))?,
+            header_read_timeout: cx.duration(
+                &self.header_read_timeout,
+                "header_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            log_format,
+            queue: self.queue(&cx)?,
+            cache: {
+                let d = CacheSettings::default();
+                CacheSettings {
+                    shared: self.cache.shared.unwrap_or(d.shared),
+                    verify_on_read: self.cache.verify_on_read.unwrap_or(d.verify_on_read),
+                    auto_evict: self.cache.auto_evict.unwrap_or(d.auto_evict),
+                    max_unused: cx.opt_duration(&self.cache.max_unused, "cache.max_unused")?,
+                }
+            },
+            upstreams,
+            default_upstream,
+            routes,
+        })
+    }
+
+    /// `[upstreams.NAME]` tables, `--upstream`, and which one unmatched paths go to.
+    fn upstreams(&self, cx: &Ctx<'_>, flag_url: Option<&str>) -> Result<(Vec<UpstreamConfig>, usize), ConfigError> {
+        let mut upstreams = Vec::with_capacity(self.upstreams.len() + 1);
+        for (name, raw) in &self.upstreams {
+            upstreams.push(self.upstream(cx, name, raw, flag_url)?);
+        }
+        let default_upstream = match (&self.default_upstream, flag_url) {
+            (Some(d), _) => upstreams.iter().position(|u| &u.name == d.get_ref()).ok_or_else(|| {
+                cx.err(
+                    Some(d.span()),
+                    "default_upstream",
+                    format!("no upstream named {:?} (known: {})", d.get_ref(), known(&upstreams)),
+                )
+            })?,
+            (None, Some(u)) if upstreams.is_empty() => {
+                let url = parse_upstream_url(u).map_err(|r| FLAGS.err(None, "--upstream", r))?;
+                upstreams.push(default_upstream_config(DEFAULT_UPSTREAM_NAME, url));
+                0
+            }
+            (None, _) if upstreams.len() == 1 => 0,
+            (None, _) if upstreams.is_empty() => {
+                return Err(cx.err(
+                    None,
+                    "upstreams",
+                    "no upstream configured: pass --upstream URL or add an [upstreams.NAME] table with a url",
+                ))
+            }
+            (None, _) => upstreams
+                .iter()
+                .position(|u| u.name == DEFAULT_UPSTREAM_NAME)
+                .ok_or_else(|| {
+                    cx.err(
+                        None,
+                        "default_upstream",
+                        format!(
+                            "missing: with several upstreams ({}) say which one unmatched paths go to",
+                            known(&upstreams)
+                        ),
+                    )
+                })?,
+        };
+        // `--upstream` always wins over the default upstream's URL in the file.
+        if let Some(u) = flag_url {
+            upstreams[default_upstream].url = parse_upstream_url(u).map_err(|r| FLAGS.err(None, "--upstream", r))?;
+        }
+        Ok((upstreams, default_upstream))
+    }
+
+    fn upstream(
+        &self,
+        cx: &Ctx<'_>,
+        name: &str,
+        raw: &RawUpstream,
+        flag_url: Option<&str>,
+    ) -> Result<UpstreamConfig, ConfigError> {
+        let key = |k: &str| format!("upstreams.{name}.{k}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(cx.err(
+                raw.url.as_ref().map(|s| s.span()),
+                &format!("upstreams.{name}"),
+                "upstream names use letters, digits, '-' and '_'",
+            ));
+        }
+        let url = match &raw.url {
+            Some(u) => parse_upstream_url(u.get_ref()).map_err(|r| cx.err(Some(u.span()), &key("url"), r))?,
+            None => match (flag_url, &self.default_upstream) {
+                // `--upstream` fills in the default upstream's URL if the file leaves it out.
+                (Some(u), Some(d)) if d.get_ref() == name => {
+                    parse_upstream_url(u).map_err(|r| FLAGS.err(None, "--upstream", r))?
+                }
+                _ => {
+                    return Err(cx.err(
+                        find_table_header(cx.src, &format!("upstreams.{name}")),
+                        &key("url"),
+                        "missing (every upstream needs a url)",
+                    ))
+                }
+            },
+        };
+        let roots = match raw.roots.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("webpki", _)) => Roots::Webpki,
+            Some(("system", _)) => Roots::System,
+            Some(("none", _)) => Roots::None,
+            Some((other, span)) => {
+                return Err(cx.err(
+                    Some(span),
+                    &key("roots"),
+                    format!("unknown roots {other:?} (known: webpki, system, none)"),
+                ))
+            }
+        };
+        let ca_file = match &raw.ca_file {
+            None => None,
+            Some(p) => {
+                let path = PathBuf::from(p.get_ref());
+                if !path.is_file() {
+                    return Err(cx.err(
+                        Some(p.span()),
+                        &key("ca_file"),
+                        format!("no such file {:?}", p.get_ref()),
+                    ));
+                }
+                Some(path)
+            }
+        };
+        if roots == Roots::None && ca_file.is_none() && url.scheme_str() == Some("https") {
+            return Err(cx.err(
+                raw.roots.as_ref().map(|s| s.span()),
+                &key("roots"),
+                "\"none\" needs a ca_file for an https upstream",
+            ));
+        }
+        let d = default_upstream_config(name, url);
+        Ok(UpstreamConfig {
+            connect_timeout: cx.duration(&raw.connect_timeout, &key("connect_timeout"), d.connect_timeout)?,
+            first_byte_timeout: cx.duration(
+                &raw.first_byte_timeout,
+                &key("first_byte_timeout"),
+                d.first_byte_timeout,
+            )?,
+            idle_timeout: cx.duration(&raw.idle_timeout, &key("idle_timeout"), d.idle_timeout)?,
+            ca_file,
+            roots,
+            preserve_host: raw.preserve_host.unwrap_or(d.preserve_host),
+            pool_max_idle: raw.pool_max_idle.unwrap_or(d.pool_max_idle),
+            probe_path: match &raw.probe_path {
+                None => d.probe_path.clone(),
+                Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+                Some(p) => return Err(cx.err(Some(p.span()), &key("probe_path"), "must start with '/'")),
+            },
+            probe_interval: cx.duration(&raw.probe_interval, &key("probe_interval"), d.probe_interval)?,
+            probe_timeout: cx.duration(&raw.probe_timeout, &key("probe_timeout"), d.probe_timeout)?,
+            ..d
+        })
+    }
+
+    /// `[[routes]]`, then the media rules that need every route.
+    fn routes(
+        &self,
+        cx: &Ctx<'_>,
+        upstreams: &[UpstreamConfig],
+        default_upstream: usize,
+    ) -> Result<Vec<RouteConfig>, ConfigError> {
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, raw) in self.routes.iter().enumerate() {
+            routes.push(route(cx, i, raw, upstreams, default_upstream)?);
+        }
+        // Media rewriting needs every route: the local prefix of an upstream is the strip_prefix of a
+        // prefix route to it.
+        for (i, raw) in self.routes.iter().enumerate() {
+            for (j, name) in raw.rewrite.iter().flatten().enumerate() {
+                let k = format!("routes[{i}].rewrite[{j}]");
+                let Some(up) = upstreams.iter().position(|u| &u.name == name.get_ref()) else {
+                    return Err(cx.err(
+                        Some(name.span()),
+                        &k,
+                        format!("no upstream named {:?} (known: {})", name.get_ref(), known(upstreams)),
+                    ));
+                };
+                let local = routes
+                    .iter()
+                    .find(|r| r.upstream == up && r.strip_prefix.is_some())
+                    .and_then(|r| r.strip_prefix.clone())
+                    .ok_or_else(|| {
+                        cx.err(
+                            Some(name.span()),
+                            &k,
+                            format!("no route with a strip_prefix serves upstream {:?}; add one (e.g. prefix = \"/media/{0}/\", strip_prefix = \"/media/{0}\")", name.get_ref()),
+                        )
+                    })?;
+                let origin = upstreams[up].url.to_string().trim_end_matches('/').to_string();
+                routes[i].policy.rewrite.push(MediaRewrite {
+                    upstream: name.get_ref().clone(),
+                    origin,
+                    local_prefix: local.trim_end_matches('/').to_string(),
+                });
+            }
+            // Pins and aliases name media by the local URL the rewrite produces.
+            for (what, span) in [
+                ("pins", raw.pins.as_ref().map(|p| p.span())),
+                ("media_alias", raw.media_alias.as_ref().map(|a| a.span())),
+            ] {
+                if let Some(span) = span {
+                    if routes[i].policy.rewrite.is_empty() {
+                        return Err(cx.err(
+                            Some(span),
+                            &format!("routes[{i}].{what}"),
+                            "needs `rewrite` on the same route (media are recognised by their rewritten URLs)",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(routes)
+    }
+
+    fn encryption(&self, cx: &Ctx<'_>) -> Result<Option<EncryptionKey>, ConfigError> {
+        Ok(match (&self.encryption.key_file, &self.encryption.key_env) {
+            (Some(f), Some(_)) => {
+                return Err(cx.err(Some(f.span()), "encryption", "set key_file or key_env, not both"))
+            }
+            (Some(f), None) => Some(
+                EncryptionKey::from_file(Path::new(f.get_ref()))
+                    .map_err(|r| cx.err(Some(f.span()), "encryption.key_file", r))?,
+            ),
+            (None, Some(e)) => Some(
+                EncryptionKey::from_env(e.get_ref()).map_err(|r| cx.err(Some(e.span()), "encryption.key_env", r))?,
+            ),
+            (None, None) => None,
+        })
+    }
+
+    fn queue(&self, cx: &Ctx<'_>) -> Result<QueueSettings, ConfigError> {
+        let d = QueueSettings::default();
+        let q = &self.queue;
+        let s = QueueSettings {
+            backoff_base: cx.duration(&q.backoff_base, "queue.backoff_base", d.backoff_base)?,
+            backoff_cap: cx.duration(&q.backoff_cap, "queue.backoff_cap", d.backoff_cap)?,
+            max_attempts: q.max_attempts.unwrap_or(d.max_attempts),
+            max_age: cx.duration(&q.max_age, "queue.max_age", d.max_age)?,
+        };
+        if s.backoff_base.is_zero() || s.backoff_cap < s.backoff_base {
+            return Err(cx.err(
+                q.backoff_cap.as_ref().map(|s| s.span()),
+                "queue.backoff_cap",
+                "backoff_base must be > 0 and backoff_cap >= backoff_base",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+fn known(ups: &[UpstreamConfig]) -> String {
+    ups.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// One `[[routes]]` entry (its media rewrite rules are added once every route is known).
+fn route(
+    cx: &Ctx<'_>,
+    i: usize,
+    raw: &RawRoute,
+    upstreams: &[UpstreamConfig],
+    default_upstream: usize,
+) -> Result<RouteConfig, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let pattern = match (&raw.path, &raw.prefix) {
+        (Some(p), None) => RoutePattern::exact(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key("path"), r))?,
+        (None, Some(p)) => RoutePattern::prefix(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key("prefix"), r))?,
+        (Some(p), Some(_)) => return Err(cx.err(Some(p.span()), &key("path"), "give either path or prefix, not both")),
+        (None, None) => {
+            return Err(cx.err(
+                find_nth_array_header(cx.src, "routes", i),
+                &format!("routes[{i}]"),
+                "needs a path (exact, with {params}) or a prefix",
+            ))
+        }
+    };
+    let (upstream, upstream_name) = match &raw.upstream {
+        None => (default_upstream, upstreams[default_upstream].name.clone()),
+        Some(name) => match upstreams.iter().position(|u| &u.name == name.get_ref()) {
+            Some(ix) => (ix, name.get_ref().clone()),
+            None => {
+                return Err(cx.err(
+                    Some(name.span()),
+                    &key("upstream"),
+                    format!("no upstream named {:?} (known: {})", name.get_ref(), known(upstreams)),
+                ))
+            }
+        },
+    };
+    let strip_prefix = match &raw.strip_prefix {
+        None => None,
+        Some(s) => {
+            let v = s.get_ref();
+            if !v.starts_with('/') || !pattern.literal_prefix().starts_with(v.as_str()) {
+                return Err(cx.err(
+                    Some(s.span()),
+                    &key("strip_prefix"),
+                    format!("{v:?} must start with '/' and be a leading part of the route's pattern"),
+                ));
+            }
+            Some(v.clone())
+        }
+    };
+    let mut methods = Vec::new();
+    for (j, m) in raw.methods.iter().flatten().enumerate() {
+        let method = http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+            cx.err(
+                Some(m.span()),
+                &format!("routes[{i}].methods[{j}]"),
+                format!("invalid method {:?}", m.get_ref()),
+            )
+        })?;
+        methods.push(method);
+    }
+    let policy = policy(cx, i, raw, &pattern)?;
+    Ok(RouteConfig {
+        name: raw.name.clone().unwrap_or_else(|| format!("route{i}")),
+        pattern,
+        upstream,
+        upstream_name,
+        strip_prefix,
+        methods,
+        policy,
+    })
+}
+
+/// A route's policy knobs (defaults from [`RoutePolicy::default`]).
+fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Result<RoutePolicy, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let d = RoutePolicy::default();
+    let strategy = match &raw.strategy {
+        None => d.strategy,
+        Some(s) => Strategy::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s.get_ref())
+            .ok_or_else(|| {
+                let names: Vec<_> = Strategy::ALL.iter().map(|k| k.as_str()).collect();
+                cx.err(
+                    Some(s.span()),
+                    &key("strategy"),
+                    format!("unknown strategy {:?} (known: {})", s.get_ref(), names.join(", ")),
+                )
+            })?,
+    };
+    let json_path =
+        |p: &Spanned<String>, k: &str| JsonPath::parse(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key(k), r));
+    let size = |v: &Option<Spanned<String>>, k: &str, default: u64| match v {
+        None => Ok(default),
+        Some(v) => parse_size(v.get_ref()).map_err(|r| cx.err(Some(v.span()), &key(k), r)),
+    };
+    Ok(RoutePolicy {
+        strategy,
+        kind: raw.kind.clone().unwrap_or(d.kind),
+        ttl: cx.opt_duration(&raw.ttl, &key("ttl"))?,
+        network_timeout: cx.duration(&raw.network_timeout, &key("network_timeout"), d.network_timeout)?,
+        ignore_query: raw.ignore_query.clone().unwrap_or_default(),
+        queue: raw.queue.unwrap_or(d.queue),
+        max_body: size(&raw.max_body, "max_body", d.max_body)?,
+        conflict: match raw.conflict.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None => d.conflict,
+            Some(("server-wins", _)) => ConflictPolicy::ServerWins,
+            Some(("retry", _)) => ConflictPolicy::Retry,
+            Some(("dead-letter", _)) => ConflictPolicy::DeadLetter,
+            Some((other, span)) => {
+                return Err(cx.err(
+                    Some(span),
+                    &key("conflict"),
+                    format!("unknown conflict policy {other:?} (known: server-wins, retry, dead-letter)"),
+                ))
+            }
+        },
+        ordering_key: match &raw.ordering_key {
+            None => None,
+            Some(t) => {
+                check_template(t.get_ref(), pattern).map_err(|r| cx.err(Some(t.span()), &key("ordering_key"), r))?;
+                Some(t.get_ref().clone())
+            }
+        },
+        priority: raw.priority.unwrap_or(d.priority),
+        invalidates: {
+            let mut out = Vec::new();
+            for (j, t) in raw.invalidates.iter().flatten().enumerate() {
+                let k = format!("routes[{i}].invalidates[{j}]");
+                if !t.get_ref().starts_with('/') {
+                    return Err(cx.err(Some(t.span()), &k, "must be a path starting with '/'"));
+                }
+                check_template(t.get_ref(), pattern).map_err(|r| cx.err(Some(t.span()), &k, r))?;
+                out.push(t.get_ref().clone());
+            }
+            out
+        },
+        queued_status: match &raw.queued_status {
+            None => None,
+            Some(v) if (200..300).contains(v.get_ref()) => Some(*v.get_ref()),
+            Some(v) => return Err(cx.err(Some(v.span()), &key("queued_status"), "must be a 2xx status")),
+        },
+        queued_body: raw.queued_body.clone(),
+        rewrite: Vec::new(),
+        pins: raw.pins.as_ref().map(|p| json_path(p, "pins")).transpose()?,
+        prefetch: raw.prefetch.unwrap_or(d.prefetch),
+        media_alias: match &raw.media_alias {
+            None => None,
+            Some(a) => {
+                let a = a.get_ref();
+                Some(MediaAlias {
+                    objects: json_path(&a.objects, "media_alias.objects")?,
+                    id: a.id.clone().unwrap_or_else(|| "audio_file_id".into()),
+                    url: a.url.clone().unwrap_or_else(|| "url".into()),
+                })
+            }
+        },
+        retain: match &raw.retain {
+            None => None,
+            Some(r) => {
+                let r = r.get_ref();
+                check_template(r.group.get_ref(), pattern)
+                    .map_err(|e| cx.err(Some(r.group.span()), &key("retain.group"), e))?;
+                let keep = *r.keep_last.get_ref();
+                if keep < 1 {
+                    return Err(cx.err(Some(r.keep_last.span()), &key("retain.keep_last"), "must be at least 1"));
+                }
+                let drop_entry = match r.drop.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+                    None | Some(("body", _)) => false,
+                    Some(("entry", _)) => true,
+                    Some((other, span)) => {
+                        return Err(cx.err(
+                            Some(span),
+                            &key("retain.drop"),
+                            format!("unknown value {other:?} (known: body, entry)"),
+                        ))
+                    }
+                };
+                Some(Retention {
+                    group: r.group.get_ref().clone(),
+                    keep_last: keep as usize,
+                    drop_entry,
+                })
+            }
+        },
+        logout: raw.logout.unwrap_or(d.logout),
+        rewrite_max: size(&raw.rewrite_max, "rewrite_max", d.rewrite_max)?,
+    })
+}
+
+/// Every `{name}` in a template must be a parameter of the route's pattern.
+fn check_template(t: &str, pattern: &RoutePattern) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("{t:?}: '{{' without '}}'"))?
+            + open;
+        let name = &rest[open + 1..close];
+        if !pattern.has_param(name) {
+            return Err(format!("{t:?}: the route's pattern has no {{{name}}}"));
+        }
+        rest = &rest[close + 1..];
+    }
+    Ok(())
+}
+
+/// Span of a `[name]` table header, for errors about keys missing from that table.
+fn find_table_header(src: &str, name: &str) -> Option<std::ops::Range<usize>> {
+    let needle = format!("[{name}]");
+    src.find(&needle).map(|s| s..s + needle.len())
+}
+
+/// Span of the `n`th `[[name]]` header.
+fn find_nth_array_header(src: &str, name: &str, n: usize) -> Option<std::ops::Range<usize>> {
+    let needle = format!("[[{name}]]");
+    src.match_indices(&needle).nth(n).map(|(s, _)| s..s + needle.len())
+}

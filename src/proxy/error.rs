@@ -1,0 +1,133 @@
+//! The proxy's one error type, and the one place it becomes an answer.
+//!
+//! Every failure on the request path says where it came from: the client (downstream: a request we
+//! refuse), the upstream (unreachable, silent, broken), or Outpost itself (internal: the outbox could
+//! not store a write). [`ProxyError::into_response`] is the only code that turns one into a status and a
+//! JSON body.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{json_error, ProxyBody};
+use crate::upstream::UpstreamError;
+
+/// Seconds a client is told to wait before retrying an offline miss.
+const OFFLINE_RETRY_AFTER: &str = "5";
+
+/// Who a failure is attributed to (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client's request.
+    Downstream,
+    /// The upstream (or the network to it).
+    Upstream,
+    /// Outpost's own storage.
+    Internal,
+}
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is refused before routing; the connection is closed after the answer (what follows
+    /// on it cannot be trusted to start where we think it does).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The request body broke while being read.
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    /// An exchange with the upstream failed: 504 when it accepted and went silent, else 502.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A cacheable request with nothing stored while the upstream is unreachable: 503 + Retry-After.
+    #[error("offline")]
+    Offline {
+        /// Upstream name.
+        upstream: String,
+        /// Why it is considered unreachable, when known.
+        detail: Option<String>,
+    },
+    /// only-if-cached or cache-only with nothing stored: 504.
+    #[error("not in the cache (only-if-cached / cache-only)")]
+    NotCached {
+        /// Upstream name.
+        upstream: String,
+    },
+    /// A write that can neither be sent nor queued (too large to queue while offline): 503.
+    #[error("{reason}")]
+    Unqueueable {
+        /// Upstream name.
+        upstream: String,
+        /// Why, in full.
+        reason: String,
+    },
+    /// Outpost's own storage failed where durability was needed: 503.
+    #[error("{reason}")]
+    Internal {
+        /// Upstream name.
+        upstream: String,
+        /// Why, in full.
+        reason: String,
+    },
+}
+
+impl ProxyError {
+    /// The miss answer for a failed fetch: unreachable becomes an offline 503, anything else a 502/504.
+    pub fn miss(e: UpstreamError) -> ProxyError {
+        match e {
+            UpstreamError::Connect { .. } | UpstreamError::Timeout { .. } => ProxyError::Offline {
+                upstream: e.upstream().to_string(),
+                detail: Some(e.to_string()),
+            },
+            UpstreamError::Broken { .. } => ProxyError::Upstream(e),
+        }
+    }
+
+    /// Where the failure came from.
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BodyUnreadable => Fault::Downstream,
+            ProxyError::Upstream(_) | ProxyError::Offline { .. } | ProxyError::NotCached { .. } => Fault::Upstream,
+            ProxyError::Unqueueable { .. } => Fault::Upstream,
+            ProxyError::Internal { .. } => Fault::Internal,
+        }
+    }
+
+    /// The answer.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            ProxyError::BadRequest(reason) => {
+                let mut resp = json_error(StatusCode::BAD_REQUEST, reason, None);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
+            ProxyError::BodyUnreadable => json_error(StatusCode::BAD_REQUEST, "request body could not be read", None),
+            ProxyError::Upstream(e) => {
+                let status = match e {
+                    UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                json_error(status, &e.to_string(), Some(e.upstream()))
+            }
+            ProxyError::Offline { upstream, detail } => {
+                let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "offline", Some(&upstream));
+                if let Some(detail) = detail {
+                    let v = json!({"error": "offline", "upstream": upstream, "detail": detail});
+                    *resp.body_mut() = crate::body::full(v.to_string());
+                }
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(OFFLINE_RETRY_AFTER));
+                resp
+            }
+            ProxyError::NotCached { upstream } => json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not in the cache (only-if-cached / cache-only)",
+                Some(&upstream),
+            ),
+            ProxyError::Unqueueable { upstream, reason } | ProxyError::Internal { upstream, reason } => {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, &reason, Some(&upstream))
+            }
+        }
+    }
+}

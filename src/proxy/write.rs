@@ -1,0 +1,231 @@
+//! The write path: a mutating request on a queueing route is forwarded when the upstream can take it,
+//! otherwise stored durably in the outbox and acknowledged (202 or the route's `queued_status`).
+//!
+//! Promises: a 202 is sent only after the outbox's synced write; a write whose outcome is unknown is
+//! queued only when the app gave its own `Idempotency-Key` (a replay is then safe); a write behind
+//! queued writes of its ordering line is queued, never sent ahead of them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{stream, StreamExt};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::json;
+
+use super::error::ProxyError;
+use super::{invalidate, Proxy};
+use crate::body::{self, ProxyBody};
+use crate::cache::{key, Outcome};
+use crate::queue::OutboxRecord;
+use crate::queue::QueueError;
+use crate::routes::RouteMatch;
+use crate::upstream::Upstream;
+
+type Answer = Result<(Response<ProxyBody>, Outcome), ProxyError>;
+
+impl Proxy {
+    /// A mutating request on a queueing route. The body is read first (up to `max_body`) so that a
+    /// failed attempt can still be queued.
+    pub(super) async fn write<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        route: &RouteMatch<'_>,
+        upstream: &Arc<Upstream>,
+        peer: SocketAddr,
+    ) -> Answer
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let max = route.policy.max_body;
+        let online = upstream.connectivity().is_online();
+        let declared: Option<u64> = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let too_big = |why: String| ProxyError::Unqueueable {
+            upstream: upstream.name().to_string(),
+            reason: why,
+        };
+        if let Some(n) = declared.filter(|n| *n > max) {
+            if !online {
+                return Err(too_big(format!(
+                    "the upstream is offline and this {n}-byte body is larger than the route's max_body ({max} bytes), so it cannot be queued"
+                )));
+            }
+            return match self
+                .forwarder
+                .forward(req.map(body::boxed), route, upstream, peer, None)
+                .await
+            {
+                Ok(resp) => Ok((resp, Outcome::Bypass)),
+                Err(e) if e.not_sent() => Err(too_big(format!(
+                    "{e}; this {n}-byte body is larger than the route's max_body ({max} bytes), so it cannot be queued"
+                ))),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let (parts, body) = req.into_parts();
+        let mut body = body::boxed(body);
+        // Read up to max_body; a longer body without a declared length is streamed on, unqueueable.
+        let mut buf = bytes::BytesMut::new();
+        let mut overflow = None;
+        while let Some(frame) = body.frame().await {
+            let f = frame.map_err(|_| ProxyError::BodyUnreadable)?;
+            if let Ok(d) = f.into_data() {
+                if buf.len() + d.len() > max as usize {
+                    overflow = Some(d);
+                    break;
+                }
+                buf.extend_from_slice(&d);
+            }
+        }
+        if let Some(next) = overflow {
+            let head = stream::iter([Ok(Frame::data(buf.freeze())), Ok(Frame::data(next))]);
+            let rest = http_body_util::BodyStream::new(body);
+            let streamed = BodyExt::boxed(StreamBody::new(head.chain(rest)));
+            let req = Request::from_parts(parts, streamed);
+            return match self.forwarder.forward(req, route, upstream, peer, None).await {
+                Ok(resp) => Ok((resp, Outcome::Bypass)),
+                Err(e) if e.not_sent() => Err(too_big(format!(
+                    "{e}; this body is larger than the route's max_body ({max} bytes), so it cannot be queued"
+                ))),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let bytes = buf.freeze();
+        let app_key = parts.headers.get("idempotency-key").cloned();
+        let key = app_key
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(new_idempotency_key);
+        let mut headers = parts.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            headers.insert(HeaderName::from_static("idempotency-key"), v);
+        }
+        let partition = key::partition(&parts.headers);
+        let ordering_key = route.policy.ordering_key.as_ref().map(|t| route.expand(t));
+        let record = || OutboxRecord {
+            method: parts.method.to_string(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: bytes.to_vec(),
+            idempotency_key: key.clone(),
+            partition: partition.clone(),
+            route: route.name.to_string(),
+            ordering_key: ordering_key.clone(),
+            priority: route.policy.priority,
+            invalidates: route.policy.invalidates.iter().map(|t| route.expand(t)).collect(),
+            ..Default::default()
+        };
+        let queued =
+            |why: String| self.enqueue(record(), why, route, bytes.clone(), upstream, &parts.method, &parts.uri);
+        if !online {
+            return queued("upstream offline".into()).await;
+        }
+        if self.outbox.has_pending_in_line(&ordering_key) {
+            // Earlier writes of this line are still queued: going first would reorder them.
+            return queued("behind earlier queued writes".into()).await;
+        }
+        let mut out = Request::new(body::full(bytes.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = parts.uri.clone();
+        *out.version_mut() = parts.version;
+        *out.headers_mut() = headers.clone();
+        match self.forwarder.forward(out, route, upstream, peer, None).await {
+            Ok(resp) => {
+                if resp.status().is_success() || resp.status().is_redirection() {
+                    let cache = self.flow.cache();
+                    invalidate::after_unsafe(&self.forwarder, cache, &parts.uri, &partition, resp.headers(), upstream);
+                    invalidate::related(&self.forwarder, cache, route, &partition);
+                }
+                Ok((resp, Outcome::Bypass))
+            }
+            Err(e) if e.not_sent() => queued("upstream unreachable".into()).await,
+            // The outcome is unknown: replaying is only safe when the app gave its own key.
+            Err(e) if app_key.is_some() => {
+                queued(format!("outcome unknown ({e}); the app's key makes a replay safe")).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a write in the outbox (off the runtime threads: the synced group commit blocks) and answers
+    /// 202 (or the route's `queued_status`); a write that could not be stored is a 503.
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue(
+        &self,
+        item: OutboxRecord,
+        why: String,
+        route: &RouteMatch<'_>,
+        bytes: bytes::Bytes,
+        upstream: &Arc<Upstream>,
+        method: &Method,
+        uri: &Uri,
+    ) -> Answer {
+        let outbox = self.outbox.clone();
+        let stored = match tokio::task::spawn_blocking(move || outbox.enqueue(item)).await {
+            Ok(r) => r,
+            Err(e) => Err(QueueError::Batch(e.to_string())),
+        };
+        match stored {
+            Ok((id, position)) => {
+                tracing::info!(%id, position, why, %method, %uri, "write queued");
+                Ok((queued_response(route, &id, position, &bytes), Outcome::Queued))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "queueing a write failed");
+                Err(ProxyError::Internal {
+                    upstream: upstream.name().to_string(),
+                    reason: format!("the upstream is unreachable and the write could not be queued: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// A fresh random Idempotency-Key (128 bits, hex).
+fn new_idempotency_key() -> String {
+    let v: u128 = rand::random();
+    format!("outpost-{v:032x}")
+}
+
+/// The answer to a queued write: 202 with the queue position, or the route's synthetic answer.
+fn queued_response(route: &RouteMatch<'_>, id: &str, position: usize, body_bytes: &[u8]) -> Response<ProxyBody> {
+    let mut resp = match route.policy.queued_status {
+        Some(status) => {
+            let template = route.policy.queued_body.as_deref().unwrap_or("{body}");
+            let text = template
+                .replace("{body}", &String::from_utf8_lossy(body_bytes))
+                .replace("{id}", id);
+            let mut r = Response::new(body::full(text));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            r
+        }
+        None => {
+            let v = json!({"queued": true, "id": id, "position": position});
+            let mut r = Response::new(body::full(v.to_string()));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-outpost-queued"), v);
+    }
+    resp
+}

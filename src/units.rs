@@ -1,0 +1,42 @@
+//! Units in the config file and its printed form: sizes (`"500MB"`), durations (`"5s"`), and how typed
+//! values are shown again by `check-config`.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"30d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); examples: \"250ms\", \"5s\", \"30d\""))
+}
+
+/// Parses `"500MB"`, `"1GiB"`, `"1048576"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?} ({e}); examples: \"500MB\", \"2GiB\""))
+}
+
+/// Serializes with `Display`.
+pub fn ser_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Serializes a duration as the config spells it (`"5s"`).
+pub fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// Serializes an optional duration (`null` when unset).
+pub fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Serializes methods as their names.
+pub fn ser_methods<S: serde::Serializer>(m: &[http::Method], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.iter().map(|m| m.as_str()))
+}
