@@ -23,9 +23,10 @@ fn cache_of(r: &Collected) -> &str {
 }
 
 /// Waits until the probe has seen the upstream come back.
+/// Waits until every upstream (the API and the media host) is seen online again.
 async fn wait_online(env: &TestEnv) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !env.outpost.upstreams().get(0).connectivity().is_online() && Instant::now() < deadline {
+    while !env.outpost.upstreams().iter().all(|u| u.connectivity().is_online()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -221,8 +222,12 @@ async fn a_truncated_upstream_body_is_never_stored() {
         .await;
     assert!(r.is_err(), "client sees the break");
     env.backend.set_fault(Fault::Up);
-    // Give the fill task time to notice and drop the partial blob.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The fill task notices the break and drops the partial blob.
+    let tmp = env.dir.path().join("blobs/tmp");
+    common::wait_until("the partial blob to go", 10, || {
+        std::fs::read_dir(&tmp).map(|d| d.count() == 0).unwrap_or(false)
+    })
+    .await;
     let r = get_h(&env, "/media/s3/renders/a2.mp3", &[("cache-control", "only-if-cached")]).await;
     assert_eq!(r.head.status, 504, "nothing stored");
     assert_eq!(

@@ -313,15 +313,20 @@ async fn a_corrupt_stored_body_turns_into_a_network_fetch_or_an_offline_miss_nam
         Outcome::Hit,
         "the refetched body was stored again"
     );
-    // Offline, the same fault is an offline miss that names the upstream, not "cache".
+    // Offline, the same fault is an offline miss that names the upstream, not "cache". (A body is
+    // verified before its first use after start; /w has not been served from the store yet.)
+    env.origin.answer("/w", 200, &[FRESH], b"other bytes");
+    env.get("/w").await;
+    env.wait_stored(2).await;
     env.storage.corrupt_bodies();
     env.offline();
-    let resp = env.run(Method::GET, "/v", &[]).await.unwrap_err().into_response();
+    let resp = env.run(Method::GET, "/w", &[]).await.unwrap_err().into_response();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["upstream"], "api");
-    assert_eq!(env.storage.entries(), 0, "the corrupt body was dropped, never served");
+    assert_eq!(env.origin.hits("/w"), 1);
+    assert_eq!(env.storage.entries(), 1, "the corrupt body was dropped, never served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,20 @@ pub async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Polls an async check every 20 ms until it holds; fails the test after `secs` (for waits on
+/// background work, never for time to pass: that uses tokio's paused clock).
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Config from TOML text with no overrides.
 pub fn config_from(src: &str) -> Config {
     Config::from_toml(src, "test.toml", &Overrides::default()).expect("config")
