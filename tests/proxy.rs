@@ -310,6 +310,7 @@ async fn shutdown_takes_one_grace_period_even_with_background_fills_in_flight() 
     let t = Instant::now();
     outpost.shutdown().await;
     let took = t.elapsed();
+    eprintln!("shutdown took {took:?} with a grace of {grace:?}");
     assert!(
         took < grace + grace / 2,
         "shutdown took {took:?} with a grace of {grace:?}"
