@@ -23,9 +23,13 @@ use outpost::upstream::Upstreams;
 /// header gets a 304.
 type Script = Arc<Mutex<HashMap<String, (u16, Vec<(&'static str, String)>, Vec<u8>)>>>;
 
+/// Streamed answers: the test feeds the body chunk by chunk.
+type Streams = Arc<Mutex<HashMap<String, tokio::sync::mpsc::Receiver<bytes::Bytes>>>>;
+
 struct Origin {
     addr: SocketAddr,
     script: Script,
+    streams: Streams,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     delay_ms: Arc<AtomicUsize>,
     _server: Server,
@@ -37,10 +41,11 @@ impl Origin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script: Script = Arc::default();
+        let streams: Streams = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let delay_ms = Arc::new(AtomicUsize::new(0));
         let stop = ShutdownSignal::new();
-        let (s, h, d) = (script.clone(), hits.clone(), delay_ms.clone());
+        let (s, h, d, st) = (script.clone(), hits.clone(), delay_ms.clone(), streams.clone());
         let server = Server::spawn(
             "origin",
             listener,
@@ -48,10 +53,20 @@ impl Origin {
             Duration::from_secs(1),
             Duration::from_secs(5),
             move |req: Request<hyper::body::Incoming>, _| {
-                let (s, h, d) = (s.clone(), h.clone(), d.clone());
+                let (s, h, d, st) = (s.clone(), h.clone(), d.clone(), st.clone());
                 async move {
                     let path = req.uri().path().to_string();
                     *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    if let Some(rx) = st.lock().unwrap().remove(&path) {
+                        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+                            let b = rx.recv().await?;
+                            Some((Ok::<_, outpost::body::BoxError>(http_body::Frame::data(b)), rx))
+                        });
+                        let mut r = Response::new(http_body_util::StreamBody::new(chunks).boxed());
+                        r.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                        return r;
+                    }
                     let delay = d.load(Ordering::Relaxed);
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
@@ -99,6 +114,7 @@ impl Origin {
         Origin {
             addr,
             script,
+            streams,
             hits,
             delay_ms,
             _server: server,
@@ -447,4 +463,36 @@ async fn vary_keeps_one_variant_per_request_value() {
         .await
         .unwrap();
     assert_eq!(o, Outcome::Miss, "another language is another variant");
+}
+
+/// Server-sent events through a storing route: each event reaches the client when the origin sends it,
+/// not when the next one arrives (a fill used to hold the last chunk back until the next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_flows_as_it_arrives_even_while_it_is_stored() {
+    let env = Env::start("").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    env.origin.streams.lock().unwrap().insert("/events".into(), rx);
+    let (route, upstream) = env.forwarder.route(&Method::GET, "/events");
+    let upstream = upstream.clone();
+    let head = RequestHead::get("/events".parse().unwrap());
+    let (resp, outcome) = env
+        .flow
+        .run(head, &route, &upstream, SocketAddr::from(([127, 0, 0, 1], 1)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Miss);
+    let mut body = resp.into_body();
+    for event in ["data: one\n\n", "data: two\n\n"] {
+        tx.send(bytes::Bytes::from(event)).await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the event arrives before the next one is sent")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), event.as_bytes());
+    }
+    drop(tx);
+    assert!(body.frame().await.is_none(), "the stream ends when the origin's does");
+    // Ended whole, so it was stored (and could be answered offline).
+    env.wait_stored(1).await;
 }

@@ -49,8 +49,12 @@ impl Cache {
                 }
             };
             let mut client = Some(tx);
-            // The last chunk is held back until the commit: a client that has read the whole body (hyper
-            // counts Content-Length) can rely on it being stored, e.g. when going offline right after.
+            // With a Content-Length, the last chunk is held back until the commit: a client that has read
+            // the whole body (hyper counts Content-Length) can rely on it being stored, e.g. when going
+            // offline right after. Without one (chunked, e.g. server-sent events) every chunk goes out as
+            // it arrives: the client sees the end only when this task closes the channel, after the
+            // commit, so holding a chunk back would only delay a stream by one event.
+            let hold_last = announced.is_some();
             let mut held: Option<Bytes> = None;
             let mut whole = true;
             let mut shutdown = std::pin::pin!(cache.shutdown.triggered());
@@ -93,7 +97,7 @@ impl Cache {
                         writer = None;
                     }
                 }
-                let previous = held.replace(data);
+                let previous = if hold_last { held.replace(data) } else { Some(data) };
                 if let (Some(tx), Some(p)) = (&client, previous) {
                     if tx.send(Ok(p)).await.is_err() {
                         client = None;
