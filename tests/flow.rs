@@ -463,6 +463,8 @@ async fn vary_keeps_one_variant_per_request_value() {
         .await
         .unwrap();
     assert_eq!(o, Outcome::Miss, "another language is another variant");
+    env.wait_stored(2).await;
+    assert_eq!(env.storage.bodies(), 1, "two variants, one copy of the same bytes");
 }
 
 /// Server-sent events through a storing route: each event reaches the client when the origin sends it,

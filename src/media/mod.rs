@@ -64,8 +64,9 @@ impl MediaRules<'_> {
 /// Maps a local media target (`/media/s3/r/1.mp3?...`) to its parsed URI and cache key.
 pub type KeyOf<'a> = &'a (dyn Fn(&Uri) -> Vec<u8> + Sync);
 
-/// Pinned media keys per (pinning route, user partition).
-type PinSets = HashMap<(String, String), HashSet<Vec<u8>>>;
+/// Pinned media keys per pinning route, then per user partition (nested so that the check on every hit
+/// allocates nothing).
+type PinSets = HashMap<String, HashMap<String, HashSet<Vec<u8>>>>;
 
 /// The media hooks' state: pin sets per route and user, and where aliases and pins go.
 pub struct MediaHooks {
@@ -126,7 +127,7 @@ impl MediaHooks {
 
     fn has_pin_set(&self, route: &str, partition: &str) -> bool {
         let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-        pins.contains_key(&(route.to_string(), partition.to_string()))
+        pins.get(route).is_some_and(|users| users.contains_key(partition))
     }
 
     /// Remembers which media id each media URL in a JSON answer stands for, so that a later URL of the
@@ -175,8 +176,13 @@ impl MediaHooks {
         }
         let all = {
             let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-            pins.insert((rules.route.to_string(), partition.to_string()), keys);
-            pins.values().flatten().cloned().collect()
+            pins.entry(rules.route.to_string())
+                .or_default()
+                .insert(partition.to_string(), keys);
+            pins.values()
+                .flat_map(|users| users.values().flatten())
+                .cloned()
+                .collect()
         };
         self.evictor.set_pins(all);
         if rules.prefetch {

@@ -98,8 +98,7 @@ impl Proxy {
             log_line(&method, &path, "-", "-", resp.status(), Outcome::Bypass, started);
             return resp;
         }
-        let forwarder = self.forwarder.clone();
-        let (route, upstream) = forwarder.route(&method, &path);
+        let (route, upstream) = self.forwarder.route(&method, &path);
         let upstream = upstream.clone();
         let read = method == Method::GET || method == Method::HEAD;
         let cacheable = read && route.policy.strategy != crate::routes::Strategy::NetworkOnly;
