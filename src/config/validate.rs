@@ -40,6 +40,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// One of a fixed set of words (`None`: the default); anything else names the known ones.
+    fn keyword<T: Copy>(
+        &self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        what: &str,
+        known: &[(&str, T)],
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        known
+            .iter()
+            .find(|(word, _)| *word == v.get_ref().as_str())
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let words: Vec<&str> = known.iter().map(|(w, _)| *w).collect();
+                self.err(
+                    Some(v.span()),
+                    key,
+                    format!("unknown {what} {:?} (known: {})", v.get_ref(), words.join(", ")),
+                )
+            })
+    }
+
     fn opt_duration(&self, v: &Option<Spanned<String>>, key: &str) -> Result<Option<Duration>, ConfigError> {
         v.as_ref().map(|_| self.duration(v, key, Duration::ZERO)).transpose()
     }
@@ -164,17 +188,13 @@ impl RawConfig {
             ));
         }
         let max_size = cx.setting(&merged.max_size, parse_size)?;
-        let log_format = match self.log_format.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-            None | Some(("text", _)) => LogFormat::Text,
-            Some(("json", _)) => LogFormat::Json,
-            Some((other, span)) => {
-                return Err(cx.err(
-                    Some(span),
-                    "log_format",
-                    format!("unknown format {other:?} (known: text, json)"),
-                ))
-            }
-        };
+        let log_format = cx.keyword(
+            self.log_format.as_ref(),
+            "log_format",
+            "format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            LogFormat::Text,
+        )?;
         let (upstreams, default_upstream) = self.upstreams(&cx, merged.upstream)?;
         let routes = self.routes(&cx, &upstreams, default_upstream)?;
         Ok(Config {
@@ -285,18 +305,17 @@ impl RawConfig {
                 }
             },
         };
-        let roots = match raw.roots.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-            None | Some(("webpki", _)) => Roots::Webpki,
-            Some(("system", _)) => Roots::System,
-            Some(("none", _)) => Roots::None,
-            Some((other, span)) => {
-                return Err(cx.err(
-                    Some(span),
-                    &key("roots"),
-                    format!("unknown roots {other:?} (known: webpki, system, none)"),
-                ))
-            }
-        };
+        let roots = cx.keyword(
+            raw.roots.as_ref(),
+            &key("roots"),
+            "roots",
+            &[
+                ("webpki", Roots::Webpki),
+                ("system", Roots::System),
+                ("none", Roots::None),
+            ],
+            Roots::Webpki,
+        )?;
         let ca_file = match &raw.ca_file {
             None => None,
             Some(p) => {
@@ -545,19 +564,17 @@ fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Res
         ignore_query: raw.ignore_query.clone().unwrap_or_default(),
         queue: raw.queue.unwrap_or(d.queue),
         max_body: size(&raw.max_body, "max_body", d.max_body)?,
-        conflict: match raw.conflict.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-            None => d.conflict,
-            Some(("server-wins", _)) => ConflictPolicy::ServerWins,
-            Some(("retry", _)) => ConflictPolicy::Retry,
-            Some(("dead-letter", _)) => ConflictPolicy::DeadLetter,
-            Some((other, span)) => {
-                return Err(cx.err(
-                    Some(span),
-                    &key("conflict"),
-                    format!("unknown conflict policy {other:?} (known: server-wins, retry, dead-letter)"),
-                ))
-            }
-        },
+        conflict: cx.keyword(
+            raw.conflict.as_ref(),
+            &key("conflict"),
+            "conflict policy",
+            &[
+                ("server-wins", ConflictPolicy::ServerWins),
+                ("retry", ConflictPolicy::Retry),
+                ("dead-letter", ConflictPolicy::DeadLetter),
+            ],
+            d.conflict,
+        )?,
         ordering_key: match &raw.ordering_key {
             None => None,
             Some(t) => {
@@ -608,17 +625,13 @@ fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Res
                 if keep < 1 {
                     return Err(cx.err(Some(r.keep_last.span()), &key("retain.keep_last"), "must be at least 1"));
                 }
-                let drop_entry = match r.drop.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
-                    None | Some(("body", _)) => false,
-                    Some(("entry", _)) => true,
-                    Some((other, span)) => {
-                        return Err(cx.err(
-                            Some(span),
-                            &key("retain.drop"),
-                            format!("unknown value {other:?} (known: body, entry)"),
-                        ))
-                    }
-                };
+                let drop_entry = cx.keyword(
+                    r.drop.as_ref(),
+                    &key("retain.drop"),
+                    "value",
+                    &[("body", false), ("entry", true)],
+                    false,
+                )?;
                 Some(Retention {
                     group: r.group.get_ref().clone(),
                     keep_last: keep as usize,

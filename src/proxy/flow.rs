@@ -46,6 +46,16 @@ impl RequestHead {
             headers: HeaderMap::new(),
         }
     }
+
+    /// The bodiless request to send upstream, with `headers`.
+    fn request(&self, headers: HeaderMap) -> Request<ProxyBody> {
+        let mut out = Request::new(body::empty());
+        *out.method_mut() = self.method.clone();
+        *out.uri_mut() = self.uri.clone();
+        *out.version_mut() = self.version;
+        *out.headers_mut() = headers;
+        out
+    }
 }
 
 /// A network answer for a cacheable request.
@@ -138,11 +148,7 @@ impl Flow {
             }),
             (Plan::Forward, _) => self.pass(&req, route, upstream, peer).await,
             (Plan::Bypass, _) => {
-                let mut out = Request::new(body::empty());
-                *out.method_mut() = req.method.clone();
-                *out.uri_mut() = req.uri.clone();
-                *out.version_mut() = req.version;
-                *out.headers_mut() = req.headers;
+                let out = req.request(req.headers.clone());
                 let resp = self.forwarder.forward(out, route, upstream, peer, None).await?;
                 Ok((resp, Outcome::Bypass))
             }
@@ -314,11 +320,7 @@ impl Flow {
                 headers.insert(name, value);
             }
         }
-        let mut out = Request::new(body::empty());
-        *out.method_mut() = req.method.clone();
-        *out.uri_mut() = req.uri.clone();
-        *out.version_mut() = req.version;
-        *out.headers_mut() = headers;
+        let out = req.request(headers);
         let request_time = clock::now();
         let resp = self.forwarder.forward(out, route, upstream, peer, limit).await?;
         let response_time = clock::now();
