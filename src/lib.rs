@@ -37,6 +37,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod encoding;
 pub mod evict;
 pub mod headers;
 pub mod import;
@@ -206,15 +207,18 @@ impl Outpost {
                 reason: format!("cannot create the admin token: {e}"),
             })
         })?;
-        let admin = Arc::new(admin::Admin::new(
-            upstreams.clone(),
-            Arc::new(config.clone()),
-            outbox.clone(),
-            store.clone(),
-            evictor.clone(),
-            metrics,
-            token,
-        ));
+        let admin = Arc::new(
+            admin::Admin::new(
+                upstreams.clone(),
+                Arc::new(config.clone()),
+                outbox.clone(),
+                store.clone(),
+                evictor.clone(),
+                metrics,
+                token,
+            )
+            .with_shutdown(shutdown.clone()),
+        );
         let admin_server = Server::spawn(
             "admin",
             admin_listener,

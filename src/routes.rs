@@ -105,6 +105,13 @@ impl RoutePattern {
         }
     }
 
+    /// True when `path` matches with nothing below it: for a prefix pattern, the prefix itself (a list
+    /// such as `/api/v1/library`, not an item under it).
+    pub fn matches_exactly(&self, path: &str) -> bool {
+        let depth = path.split('/').filter(|s| !s.is_empty()).count();
+        depth == self.segments.len() && self.matches(path).is_some()
+    }
+
     /// Matches `path`; on success returns the captured parameters in pattern order.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
         let mut rest = path.strip_prefix('/')?;
@@ -225,6 +232,9 @@ pub struct RoutePolicy {
     pub retain: Option<Retention>,
     /// A successful request on this route logs the user out: their partition is cleared.
     pub logout: bool,
+    /// Requests asking for a protocol switch (`Connection: upgrade`, e.g. WebSocket handshakes) are
+    /// tunnelled to the upstream; `false` forwards them as plain requests without the `Upgrade` field.
+    pub upgrade: bool,
     /// Instead of 202, answer queued writes with this status and `queued_body`.
     pub queued_status: Option<u16>,
     /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
@@ -277,6 +287,7 @@ impl Default for RoutePolicy {
             media_alias: None,
             retain: None,
             logout: false,
+            upgrade: true,
         }
     }
 }
@@ -316,6 +327,8 @@ pub struct RouteMatch<'a> {
     pub policy: &'a RoutePolicy,
     /// `{name}` captures.
     pub params: Vec<(String, String)>,
+    /// The route's pattern (`None` for the default route).
+    pub pattern: Option<&'a RoutePattern>,
 }
 
 impl RouteMatch<'_> {
@@ -347,6 +360,28 @@ impl RouteTable {
         }
     }
 
+    /// The local path that reaches `upstream_path` on upstream `upstream` (a path below the upstream's
+    /// base URL, with its query): through the first route to that upstream whose prefix, put back in front,
+    /// routes a GET to the same upstream with the same prefix stripped. `None` when no route serves it.
+    pub fn local_path(&self, upstream: usize, upstream_path: &str) -> Option<String> {
+        let path_only = upstream_path.split('?').next().unwrap_or(upstream_path);
+        let candidates = self
+            .routes
+            .iter()
+            .filter(|r| r.upstream == upstream)
+            .map(|r| r.strip_prefix.as_deref())
+            .chain((self.default_upstream == upstream).then_some(None));
+        for strip in candidates {
+            let prefix = strip.map_or("", |s| s.trim_end_matches('/'));
+            let local = format!("{prefix}{path_only}");
+            let m = self.route(&http::Method::GET, &local);
+            if m.upstream == upstream && m.strip_prefix == strip {
+                return Some(format!("{prefix}{upstream_path}"));
+            }
+        }
+        None
+    }
+
     /// The first route matching method and path, or the default route.
     pub fn route(&self, method: &http::Method, path: &str) -> RouteMatch<'_> {
         for r in &self.routes {
@@ -360,6 +395,7 @@ impl RouteTable {
                     strip_prefix: r.strip_prefix.as_deref(),
                     policy: &r.policy,
                     params,
+                    pattern: Some(&r.pattern),
                 };
             }
         }
@@ -369,6 +405,7 @@ impl RouteTable {
             strip_prefix: None,
             policy: &self.default_policy,
             params: Vec::new(),
+            pattern: None,
         }
     }
 }

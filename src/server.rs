@@ -124,7 +124,7 @@ impl Server {
                     async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 let io = TokioIo::new(ConnIo::new(stream, regions.clone()));
-                let conn = builder.serve_connection(io, svc).into_owned();
+                let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

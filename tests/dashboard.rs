@@ -4,30 +4,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
-use fantoccini::{ClientBuilder, Locator};
+use fantoccini::Locator;
 use http::Method;
 use outpost::demo::Fault;
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn text_of(c: &fantoccini::Client, css: &str) -> String {
     c.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
@@ -68,39 +50,8 @@ async fn the_dashboard_shows_pending_writes_and_retry_drains_them() {
         assert_eq!(r.head.status, 202);
     }
 
-    let port = free_port();
-    let driver = Driver(
-        Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (apt-get install chromium chromium-driver; .ci/run does)"),
-    );
-    let profile = tempfile::tempdir().unwrap();
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-background-networking", "--disable-quic", "--no-first-run",
-                     "--disable-component-update", "--disable-sync", "--window-size=420,900",
-                     format!("--user-data-dir={}", profile.path().display())]
-        }),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let browser = loop {
-        let mut b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-        b.capabilities(caps.clone());
-        match b.connect(&format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot start a browser session: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let started = common::browser::Browser::start().await;
+    let browser = started.client.clone();
     let admin = env.outpost.admin_addr();
     browser.goto(&format!("http://{admin}/")).await.unwrap();
     let token = std::fs::read_to_string(env.dir.path().join("admin.token")).unwrap();
@@ -144,6 +95,6 @@ async fn the_dashboard_shows_pending_writes_and_retry_drains_them() {
         "{lib:?}"
     );
     browser.close().await.unwrap();
-    drop(driver);
+    drop(started);
     env.stop().await;
 }

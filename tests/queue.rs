@@ -413,3 +413,104 @@ async fn a_process_killed_right_after_its_202_still_delivers_after_restart() {
     child.wait().unwrap();
     backend.stop().await;
 }
+
+/// Reads server-sent events from an open response body until `n` events (comments skipped) arrived.
+async fn read_events(body: &mut hyper::body::Incoming, n: usize) -> Vec<(String, serde_json::Value)> {
+    use http_body_util::BodyExt;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(d) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&d));
+        }
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let event = block.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(e), Some(d)) = (event, data) {
+                out.push((e.to_string(), serde_json::from_str(d).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_app_learns_of_writes_that_failed_for_good_by_header_and_event_stream() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    // An app that opted in listens on the admin port.
+    let tcp = tokio::net::TcpStream::connect(env.outpost.admin_addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, outpost::body::ProxyBody>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/api/events")
+        .header("host", "outpost")
+        .body(outpost::body::empty())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut events = resp.into_body();
+
+    let ann = format!("Bearer {}", make_token("ann", 1));
+    let bob = format!("Bearer {}", make_token("bob", 1));
+    env.backend.set_fault(Fault::Down);
+    let bad = post(
+        &env,
+        "/api/v1/library/items",
+        r#"{"title":"no id"}"#,
+        &[("authorization", &ann)],
+    )
+    .await;
+    assert_eq!(bad.head.status, 202);
+    let good = post(
+        &env,
+        "/api/v1/library/items",
+        r#"{"audio_file_id":"a9"}"#,
+        &[("authorization", &bob)],
+    )
+    .await;
+    assert_eq!(good.head.status, 202);
+    env.backend.set_fault(Fault::Up);
+
+    let seen = read_events(&mut events, 4).await;
+    let names: Vec<&str> = seen.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["queued", "queued", "dead_letter", "delivered"], "{seen:?}");
+    assert_eq!(seen[2].1["status"], 400);
+    assert_eq!(seen[2].1["uri"], "/api/v1/library/items");
+    let dead_id = seen[2].1["id"].as_str().unwrap().to_string();
+
+    // Any answer to the user whose write died says so; the other user's answers do not.
+    let get = |auth: String| {
+        let env = &env;
+        async move {
+            env.client
+                .call(
+                    Method::GET,
+                    &env.url("/api/v1/library"),
+                    &[("authorization", &auth)],
+                    None,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let a = get(ann.clone()).await;
+    assert_eq!(a.head.headers["x-outpost-dead-letters"], "1");
+    let b = get(bob.clone()).await;
+    assert!(
+        !b.head.headers.contains_key("x-outpost-dead-letters"),
+        "not another user's"
+    );
+    // Dropped on the dashboard: the header goes.
+    env.outpost.outbox().drop_item(&dead_id).unwrap();
+    let a = get(ann).await;
+    assert!(!a.head.headers.contains_key("x-outpost-dead-letters"));
+    env.stop().await;
+}

@@ -1,11 +1,12 @@
 //! The admin API on its own (loopback by default) port: the dashboard page at `/`, status, stats, metrics,
-//! the queue, the cache and settings.
+//! the queue (and its event stream, [`events`]), the cache and settings.
 //!
 //! Promises: every state-changing call needs the admin token (created on first start in the data dir
 //! with mode 0600, compared in constant time, sent as `Authorization: Bearer <token>` or
 //! `X-Outpost-Token`; no cookies, so no CSRF); a missing or wrong token is a JSON 401.
 
 pub mod client;
+pub mod events;
 pub mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::body::{self, json_error, ProxyBody};
 use crate::config::{parse_size, Config};
 use crate::evict::{EvictReason, Evictor};
 use crate::queue::{Outbox, QueueError};
+use crate::server::ShutdownSignal;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
@@ -72,6 +74,7 @@ pub struct Admin {
     evictor: Arc<Evictor>,
     metrics: Arc<metrics::Metrics>,
     token: String,
+    shutdown: ShutdownSignal,
 }
 
 impl Admin {
@@ -93,7 +96,14 @@ impl Admin {
             evictor,
             metrics,
             token,
+            shutdown: ShutdownSignal::new(),
         }
+    }
+
+    /// Ends long-lived answers (the event stream) when `shutdown` triggers.
+    pub fn with_shutdown(mut self, shutdown: ShutdownSignal) -> Admin {
+        self.shutdown = shutdown;
+        self
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -146,6 +156,7 @@ impl Admin {
             (&Method::GET, ["healthz"]) => json_ok(json!({"ok": true})),
             (&Method::GET, ["api", "status"]) => json_ok(self.status()),
             (&Method::GET, ["api", "stats"]) => json_ok(self.stats()),
+            (&Method::GET, ["api", "events"]) => events::stream(self.outbox.subscribe(), &self.shutdown),
             (&Method::GET, ["metrics"]) => {
                 let ups: Vec<(String, bool)> = self
                     .upstreams
@@ -201,6 +212,7 @@ impl Admin {
             | (_, ["api", "status"])
             | (_, ["api", "queue", ..])
             | (_, ["api", "stats"])
+            | (_, ["api", "events"])
             | (_, ["metrics"])
             | (_, ["api", "cache", ..])
             | (_, ["api", "settings"]) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None),

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::{key, policy, Cache, CacheError, FillGuard, FillInfo, FillState};
 use crate::body::{BoxError, ProxyBody};
 use crate::clock::to_ms;
+use crate::encoding::{self, ContentCoding};
 use crate::store::{Commit, Entry, FillSink};
 
 impl Cache {
@@ -55,6 +56,12 @@ impl Cache {
             // it arrives: the client sees the end only when this task closes the channel, after the
             // commit, so holding a chunk back would only delay a stream by one event.
             let hold_last = announced.is_some();
+            // A coded body (gzip, br, ...) is stored as it came, but only once it decodes without
+            // error or bomb-like inflation (upstream garbage is never stored).
+            let mut check = match encoding::content_coding(&resp_headers) {
+                ContentCoding::Known(c) if writer.is_some() => Some(encoding::Check::spawn(c)),
+                _ => None,
+            };
             let mut held: Option<Bytes> = None;
             let mut whole = true;
             let mut shutdown = std::pin::pin!(cache.shutdown.triggered());
@@ -90,6 +97,22 @@ impl Cache {
                         Err(_) => continue,
                     },
                 };
+                if let Some(c) = &mut check {
+                    if !c.feed(data.clone()).await {
+                        let why = check.take().map(encoding::Check::finish);
+                        let why = match why {
+                            Some(f) => f.await.err().unwrap_or_default(),
+                            None => String::new(),
+                        };
+                        tracing::warn!(url = %info.url, error = %why, "coded upstream body refused; not stored");
+                        if let Some(tx) = &client {
+                            let _ = tx.send(Err(why.into())).await;
+                        }
+                        client = None;
+                        whole = false;
+                        break;
+                    }
+                }
                 if let Some(w) = &mut writer {
                     if let Err(e) = w.write(&data) {
                         tracing::warn!(error = %e, "blob write failed; response not stored");
@@ -106,6 +129,17 @@ impl Cache {
                 if writer.is_none() && client.is_none() {
                     whole = false;
                     break;
+                }
+            }
+            if let (Some(c), true) = (check, whole) {
+                if let Err(why) = c.finish().await {
+                    tracing::warn!(url = %info.url, error = %why, "coded upstream body refused; not stored");
+                    if let Some(tx) = &client {
+                        let _ = tx.send(Err(why.into())).await;
+                    }
+                    held = None;
+                    client = None;
+                    whole = false;
                 }
             }
             let state = match writer {

@@ -337,7 +337,9 @@ impl Cache {
         let headers = hit.entry.header_map();
         let age = hit.age(&headers, now);
         let size = hit.entry.size;
-        let answer = if hit.entry.status == 200 {
+        // A range of coded bytes is useless to a client that does not accept the coding: it gets the
+        // whole answer, which the proxy decodes as it streams.
+        let answer = if hit.entry.status == 200 && crate::encoding::must_decode(&headers, req_headers).is_none() {
             range::decide(req_headers, &headers, size)
         } else {
             range::RangeAnswer::Full

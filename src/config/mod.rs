@@ -115,6 +115,10 @@ pub struct UpstreamConfig {
     /// Longest pause inside a response body; also the pool's idle timeout.
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// Longest pause inside a `text/event-stream` body (`None`: no limit; such streams may be quiet for
+    /// long, and TCP keep-alive still notices a vanished peer).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub stream_idle_timeout: Option<Duration>,
     /// Extra PEM CA bundle for private backends.
     pub ca_file: Option<PathBuf>,
     /// Built-in trust anchors.
@@ -312,6 +316,7 @@ pub fn default_upstream_config(name: &str, url: Uri) -> UpstreamConfig {
         connect_timeout: Duration::from_secs(5),
         first_byte_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
+        stream_idle_timeout: None,
         ca_file: None,
         roots: Roots::Webpki,
         preserve_host: false,

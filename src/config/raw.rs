@@ -55,6 +55,7 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout: Option<Spanned<String>>,
     pub(super) first_byte_timeout: Option<Spanned<String>>,
     pub(super) idle_timeout: Option<Spanned<String>>,
+    pub(super) stream_idle_timeout: Option<Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) roots: Option<Spanned<String>>,
     pub(super) preserve_host: Option<bool>,
@@ -91,6 +92,7 @@ pub(super) struct RawRoute {
     pub(super) media_alias: Option<Spanned<RawMediaAlias>>,
     pub(super) retain: Option<Spanned<RawRetain>>,
     pub(super) logout: Option<bool>,
+    pub(super) upgrade: Option<bool>,
     pub(super) queued_status: Option<Spanned<u16>>,
     pub(super) queued_body: Option<String>,
 }

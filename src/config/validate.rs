@@ -346,6 +346,10 @@ impl RawConfig {
                 d.first_byte_timeout,
             )?,
             idle_timeout: cx.duration(&raw.idle_timeout, &key("idle_timeout"), d.idle_timeout)?,
+            stream_idle_timeout: match &raw.stream_idle_timeout {
+                None => None,
+                Some(_) => Some(cx.duration(&raw.stream_idle_timeout, &key("stream_idle_timeout"), d.idle_timeout)?),
+            },
             ca_file,
             roots,
             preserve_host: raw.preserve_host.unwrap_or(d.preserve_host),
@@ -640,6 +644,7 @@ fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Res
             }
         },
         logout: raw.logout.unwrap_or(d.logout),
+        upgrade: raw.upgrade.unwrap_or(d.upgrade),
         rewrite_max: size(&raw.rewrite_max, "rewrite_max", d.rewrite_max)?,
     })
 }

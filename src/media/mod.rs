@@ -3,10 +3,12 @@
 //! id is answered from the blob already stored). All of it runs as a response hook of the proxy.
 //!
 //! Promises: rewriting runs on every 200 JSON answer of a rewriting route (the base URL is the client's
-//! `Host`, so it cannot be stored rewritten); the alias table is written and the pin set replaced only
+//! `Host`, so it cannot be stored rewritten); the alias table is written and a pin set replaced only
 //! when the answer came from the network (a cache hit changes neither, so hits never write to the
-//! store), except that the first answer a process sees for a (route, user) sets that pin set, since
-//! pins live in memory and a restart must not leave pinned media unprotected while offline.
+//! store). Pins are set only by the list itself (the route's exact path, each query separately: an item
+//! under a `prefix` route never unpins the library), kept per (route, user, list), stored in the data
+//! dir and restored at start, so pinned media stay protected across restarts; a list answer seen from
+//! the store with no pin set known for it sets one (data dirs from before pins were stored).
 //! This module knows nothing of routes or upstreams: the caller says how a local media URL maps to
 //! its cache key.
 
@@ -20,9 +22,10 @@ use http::{Response, Uri};
 use serde::Serialize;
 
 pub use path::JsonPath;
-pub use rewrite::{buffer_json, local_target, rewrite_json, rewrite_value, rewritten, MediaRewrite};
+pub use rewrite::{buffer_json, local_target, rewrite_json, rewrite_value, rewritten, Buffered, MediaRewrite};
 
 use crate::body::{self, ProxyBody};
+use crate::encoding::DecodeError;
 use crate::evict::Evictor;
 use crate::store::Store;
 
@@ -61,12 +64,25 @@ impl MediaRules<'_> {
     }
 }
 
+/// The request an answer is for, as the hooks need it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The answer came from the upstream (MISS, REVALIDATED), not the store.
+    pub from_network: bool,
+    /// The user's partition.
+    pub partition: &'a str,
+    /// The request's query when the answer is the route's list (the only answers that set pins).
+    pub list: Option<&'a str>,
+    /// `http://<client Host>` when the route rewrites.
+    pub local_base: Option<&'a str>,
+}
+
 /// Maps a local media target (`/media/s3/r/1.mp3?...`) to its parsed URI and cache key.
 pub type KeyOf<'a> = &'a (dyn Fn(&Uri) -> Vec<u8> + Sync);
 
-/// Pinned media keys per pinning route, then per user partition (nested so that the check on every hit
-/// allocates nothing).
-type PinSets = HashMap<String, HashMap<String, HashSet<Vec<u8>>>>;
+/// Pinned media keys per pinning route, then user partition, then list query (nested so that the check
+/// on every hit allocates nothing).
+type PinSets = HashMap<String, HashMap<String, HashMap<String, HashSet<Vec<u8>>>>>;
 
 /// The media hooks' state: pin sets per route and user, and where aliases and pins go.
 pub struct MediaHooks {
@@ -76,36 +92,81 @@ pub struct MediaHooks {
 }
 
 impl MediaHooks {
-    /// Hooks writing aliases to `store` and pins to `evictor`.
+    /// Hooks writing aliases to `store` and pins to `evictor`, with the pin sets stored earlier.
     pub fn new(store: Arc<Store>, evictor: Arc<Evictor>) -> MediaHooks {
-        MediaHooks {
+        let mut pins: PinSets = HashMap::new();
+        match store.pin_sets() {
+            Ok(sets) => {
+                for s in sets {
+                    pins.entry(s.route)
+                        .or_default()
+                        .entry(s.partition)
+                        .or_default()
+                        .insert(s.list, s.keys.into_iter().collect());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading stored pins failed; pins start empty"),
+        }
+        let hooks = MediaHooks {
             store,
             evictor,
-            pins: Mutex::new(HashMap::new()),
+            pins: Mutex::new(pins),
+        };
+        let all = hooks.all_pins(&hooks.pins.lock().unwrap_or_else(|p| p.into_inner()));
+        hooks.evictor.set_pins(all);
+        hooks
+    }
+
+    fn all_pins(&self, pins: &PinSets) -> HashSet<Vec<u8>> {
+        pins.values()
+            .flat_map(|users| users.values())
+            .flat_map(|lists| lists.values().flatten())
+            .cloned()
+            .collect()
+    }
+
+    /// A user logged out: their pin sets go (from memory and the data dir).
+    pub fn forget_user(&self, partition: &str) {
+        let all = {
+            let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+            for users in pins.values_mut() {
+                users.remove(partition);
+            }
+            self.all_pins(&pins)
+        };
+        self.evictor.set_pins(all);
+        if let Err(e) = self.store.remove_pin_sets(partition) {
+            tracing::warn!(error = %e, "removing stored pins failed");
         }
     }
 
-    /// Runs on a `200` answer to a GET of a route with media rules. `from_network` is true for answers
-    /// that came from the upstream (MISS, REVALIDATED); `local_base` is `http://<client Host>` when
-    /// the route rewrites. Returns the answer (rewritten when it applies) and the media to prefetch.
+    /// Runs on a `200` answer to a GET of a route with media rules. Returns the answer (rewritten when
+    /// it applies) and the media to prefetch, or why a coded answer is refused (it does not decode, or
+    /// inflates like a bomb).
     pub async fn on_answer(
         &self,
         resp: Response<ProxyBody>,
         rules: &MediaRules<'_>,
-        from_network: bool,
-        partition: &str,
-        local_base: Option<&str>,
+        asked: &Asked<'_>,
         key_of: KeyOf<'_>,
-    ) -> (Response<ProxyBody>, Vec<Uri>) {
-        let pins_unknown = rules.pins.is_some() && !self.has_pin_set(rules.route, partition);
-        let learn = from_network && (rules.pins.is_some() || rules.alias.is_some());
+    ) -> Result<(Response<ProxyBody>, Vec<Uri>), DecodeError> {
+        let Asked {
+            from_network,
+            partition,
+            list,
+            local_base,
+        } = *asked;
+        let pins = rules.pins.zip(list);
+        let pins_unknown = pins.is_some_and(|(_, list)| !self.has_pin_set(rules.route, partition, list));
+        let learn = from_network && (pins.is_some() || rules.alias.is_some());
         let rewrite = local_base.is_some() && !rules.rewrite.is_empty();
         if !rewrite && !learn && !pins_unknown {
-            return (resp, Vec::new());
+            return Ok((resp, Vec::new()));
         }
         let (parts, bytes) = match buffer_json(resp, rules.max).await {
-            Err(untouched) => return (untouched, Vec::new()),
-            Ok(v) => v,
+            Buffered::Untouched(resp) => return Ok((resp, Vec::new())),
+            Buffered::Refused(e) => return Err(e),
+            Buffered::Json(parts, bytes) => (parts, bytes),
         };
         let mut prefetch = Vec::new();
         if learn || pins_unknown {
@@ -113,8 +174,8 @@ impl MediaHooks {
                 if let (Some(alias), true) = (rules.alias, from_network) {
                     self.record_aliases(rules.rewrite, alias, &v, key_of);
                 }
-                if let Some(path) = rules.pins {
-                    prefetch = self.update_pins(rules, path, partition, &v, key_of);
+                if let Some((path, list)) = pins {
+                    prefetch = self.update_pins(rules, path, (partition, list), &v, key_of);
                 }
             }
         }
@@ -122,12 +183,14 @@ impl MediaHooks {
             Some(base) if rewrite => rewritten(parts, bytes, rules.rewrite, base),
             _ => Response::from_parts(parts, body::full(bytes)),
         };
-        (resp, prefetch)
+        Ok((resp, prefetch))
     }
 
-    fn has_pin_set(&self, route: &str, partition: &str) -> bool {
+    fn has_pin_set(&self, route: &str, partition: &str, list: &str) -> bool {
         let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-        pins.get(route).is_some_and(|users| users.contains_key(partition))
+        pins.get(route)
+            .and_then(|users| users.get(partition))
+            .is_some_and(|lists| lists.contains_key(list))
     }
 
     /// Remembers which media id each media URL in a JSON answer stands for, so that a later URL of the
@@ -155,13 +218,14 @@ impl MediaHooks {
         }
     }
 
-    /// The latest answer of a pinning route lists the media to keep: that set replaces the route's pins
-    /// for this user (a removed item unpins). Returns the media to prefetch (with `prefetch`).
+    /// The latest answer of a list lists the media to keep: that set replaces the list's pins for this
+    /// user (a removed item unpins), in memory and in the data dir. Returns the media to prefetch (with
+    /// `prefetch`).
     fn update_pins(
         &self,
         rules: &MediaRules<'_>,
         path: &JsonPath,
-        partition: &str,
+        (partition, list): (&str, &str),
         v: &serde_json::Value,
         key_of: KeyOf<'_>,
     ) -> Vec<Uri> {
@@ -174,15 +238,17 @@ impl MediaHooks {
             keys.insert(key_of(&uri));
             wanted.push(uri);
         }
+        if let Err(e) = self.store.put_pin_set(rules.route, partition, list, &keys) {
+            tracing::warn!(error = %e, "storing pins failed; they hold until a restart");
+        }
         let all = {
             let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
             pins.entry(rules.route.to_string())
                 .or_default()
-                .insert(partition.to_string(), keys);
-            pins.values()
-                .flat_map(|users| users.values().flatten())
-                .cloned()
-                .collect()
+                .entry(partition.to_string())
+                .or_default()
+                .insert(list.to_string(), keys);
+            self.all_pins(&pins)
         };
         self.evictor.set_pins(all);
         if rules.prefetch {
@@ -243,12 +309,18 @@ mod tests {
         };
         let key_of = |uri: &Uri| format!("anon\0media\0{}", uri.path()).into_bytes();
         let key = |id: &str| key_of(&format!("/media/s3/r/{id}.mp3").parse().unwrap());
-        let base = Some("http://127.0.0.1:8787");
+        let asked = |from_network| Asked {
+            from_network,
+            partition: "sub:u",
+            list: Some(""),
+            local_base: Some("http://127.0.0.1:8787"),
+        };
 
         // A hit first (e.g. offline after a restart): pins are set, nothing is written to the store.
         let (resp, prefetch) = hooks
-            .on_answer(json_answer(library(&["a1"])), &rules, false, "sub:u", base, &key_of)
-            .await;
+            .on_answer(json_answer(library(&["a1"])), &rules, &asked(false), &key_of)
+            .await
+            .unwrap();
         assert_eq!(prefetch.len(), 1);
         assert!(evictor.is_pinned(&key("a1")));
         assert_eq!(
@@ -264,16 +336,18 @@ mod tests {
 
         // A network answer replaces the pins and records the aliases.
         let (_, prefetch) = hooks
-            .on_answer(json_answer(library(&["a2"])), &rules, true, "sub:u", base, &key_of)
-            .await;
+            .on_answer(json_answer(library(&["a2"])), &rules, &asked(true), &key_of)
+            .await
+            .unwrap();
         assert_eq!(prefetch.len(), 1);
         assert!(evictor.is_pinned(&key("a2")) && !evictor.is_pinned(&key("a1")));
         assert_eq!(store.media_alias_of(&key("a2")).unwrap().as_deref(), Some("a2"));
 
         // Later hits (even of an older body) change neither, and prefetch nothing.
         let (_, prefetch) = hooks
-            .on_answer(json_answer(library(&["a3"])), &rules, false, "sub:u", base, &key_of)
-            .await;
+            .on_answer(json_answer(library(&["a3"])), &rules, &asked(false), &key_of)
+            .await
+            .unwrap();
         assert!(prefetch.is_empty());
         assert!(evictor.is_pinned(&key("a2")) && !evictor.is_pinned(&key("a3")));
         assert_eq!(store.media_alias_of(&key("a3")).unwrap(), None);

@@ -2,9 +2,11 @@
 //! unmodified app fetches its audio through Outpost (and so from the cache when offline).
 //!
 //! Promises: JSON is parsed and re-serialised, never patched as text, so the result is always valid JSON;
-//! a body that is not JSON, or larger than the route's `rewrite_max`, passes through untouched; when the
-//! body changes, `Content-Length` is recomputed and a strong `ETag` is weakened (the bytes differ from
-//! the origin's representation).
+//! a body that is not JSON, or larger than the route's `rewrite_max` (coded or decoded), passes through
+//! untouched; a coded body (`gzip`, `deflate`, `br`, `zstd`) is decoded within that limit and sent on
+//! decoded (the app talks to Outpost over loopback, where compression buys nothing); when the body
+//! changes, `Content-Length` is recomputed and a strong `ETag` is weakened (the bytes differ from the
+//! origin's representation).
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
@@ -14,6 +16,7 @@ use http_body_util::{BodyExt, StreamBody};
 use serde_json::Value;
 
 use crate::body::ProxyBody;
+use crate::encoding::{content_coding, decode_bounded, mark_decoded, weaken_etag, ContentCoding, DecodeError};
 
 /// One media rewrite rule: `https://media.host/base/...` → `<client's host><local_prefix>/...`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,15 +68,48 @@ fn is_json(resp: &Response<ProxyBody>) -> bool {
         })
 }
 
-/// Reads a JSON answer of at most `max` bytes into memory. `Err` gives the answer back untouched (not
-/// JSON, compressed, too large, or broken; a broken body keeps its error).
-pub async fn buffer_json(
-    resp: Response<ProxyBody>,
-    max: u64,
-) -> Result<(http::response::Parts, Bytes), Response<ProxyBody>> {
-    if !is_json(&resp) || resp.headers().contains_key(header::CONTENT_ENCODING) {
-        return Err(resp);
+/// What [`buffer_json`] made of an answer.
+pub enum Buffered {
+    /// The JSON text, decoded when the answer was coded (the head then says so: no `Content-Encoding`,
+    /// weak `ETag`, `Vary: Accept-Encoding`).
+    Json(http::response::Parts, Bytes),
+    /// Not for us (not JSON, an unknown coding, too large, or broken: a broken body keeps its error).
+    Untouched(Response<ProxyBody>),
+    /// A coded body that does not decode, or inflates like a bomb: upstream garbage.
+    Refused(DecodeError),
+}
+
+/// Reads a JSON answer of at most `max` bytes (coded and decoded) into memory.
+pub async fn buffer_json(resp: Response<ProxyBody>, max: u64) -> Buffered {
+    if !is_json(&resp) {
+        return Buffered::Untouched(resp);
     }
+    let coding = match content_coding(resp.headers()) {
+        ContentCoding::Identity => None,
+        ContentCoding::Known(c) => Some(c),
+        ContentCoding::Other(_) => return Buffered::Untouched(resp),
+    };
+    let (parts, raw) = match buffer(resp, max).await {
+        Ok(v) => v,
+        Err(untouched) => return Buffered::Untouched(untouched),
+    };
+    let Some(coding) = coding else {
+        return Buffered::Json(parts, raw);
+    };
+    match decode_bounded(coding, raw.clone(), max).await {
+        Ok(Some(text)) => {
+            let mut parts = parts;
+            mark_decoded(&mut parts.headers);
+            Buffered::Json(parts, Bytes::from(text))
+        }
+        // Valid, but larger than the route looks into: on as it came.
+        Ok(None) => Buffered::Untouched(Response::from_parts(parts, crate::body::full(raw))),
+        Err(e) => Buffered::Refused(e),
+    }
+}
+
+/// Reads a body of at most `max` bytes; `Err` gives the answer back (too large, or broken).
+async fn buffer(resp: Response<ProxyBody>, max: u64) -> Result<(http::response::Parts, Bytes), Response<ProxyBody>> {
     let declared: Option<u64> = resp
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -119,13 +155,7 @@ pub fn rewritten(
 ) -> Response<ProxyBody> {
     let out: Bytes = match rewrite_json(&original, rules, local_base) {
         Some(v) => {
-            if let Some(etag) = parts.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
-                if !etag.starts_with("W/") {
-                    if let Ok(weak) = HeaderValue::from_str(&format!("W/{etag}")) {
-                        parts.headers.insert(header::ETAG, weak);
-                    }
-                }
-            }
+            weaken_etag(&mut parts.headers);
             Bytes::from(v)
         }
         None => original,

@@ -39,6 +39,15 @@ pub enum ProxyError {
     /// An exchange with the upstream failed: 504 when it accepted and went silent, else 502.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The upstream answered with a body Outpost refuses to pass or store (a coded body that does not
+    /// decode, or inflates like a bomb): 502.
+    #[error("upstream {upstream} sent an unusable answer: {reason}")]
+    Garbage {
+        /// Upstream name.
+        upstream: String,
+        /// Why, in full.
+        reason: String,
+    },
     /// A cacheable request with nothing stored while the upstream is unreachable: 503 + Retry-After.
     #[error("offline")]
     Offline {
@@ -87,7 +96,10 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BodyUnreadable => Fault::Downstream,
-            ProxyError::Upstream(_) | ProxyError::Offline { .. } | ProxyError::NotCached { .. } => Fault::Upstream,
+            ProxyError::Upstream(_)
+            | ProxyError::Garbage { .. }
+            | ProxyError::Offline { .. }
+            | ProxyError::NotCached { .. } => Fault::Upstream,
             ProxyError::Unqueueable { .. } => Fault::Upstream,
             ProxyError::Internal { .. } => Fault::Internal,
         }
@@ -110,6 +122,11 @@ impl ProxyError {
                 };
                 json_error(status, &e.to_string(), Some(e.upstream()))
             }
+            ProxyError::Garbage { upstream, reason } => json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("unusable upstream answer: {reason}"),
+                Some(&upstream),
+            ),
             ProxyError::Offline { upstream, detail } => {
                 let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "offline", Some(&upstream));
                 if let Some(detail) = detail {

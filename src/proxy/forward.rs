@@ -1,6 +1,13 @@
 //! Forwarding: a request and its route become an upstream exchange with the proxy's header rules
 //! (hop-by-hop fields removed both ways, `Via`, `X-Forwarded-For`/`-Proto`, Host) applied.
 //!
+//! Answers keep the client on Outpost and on its own protocol: the response carries the HTTP version the
+//! client spoke (an HTTP/1.0 origin must not downgrade an HTTP/1.1 app's keep-alive connection; `Via`
+//! still names the version received from the upstream, RFC 9110 §7.6.3), and `Location`,
+//! `Content-Location` and `Link` URLs that name a configured upstream are rewritten to the Outpost URL
+//! that serves them (like nginx's `proxy_redirect default`), so a redirect never leads the app around
+//! the proxy.
+//!
 //! The [`Forwarder`] is what everything that talks to upstreams holds: the request pipeline, the cache
 //! flow, and the replay adapter (which needs nothing else of the proxy).
 
@@ -54,40 +61,206 @@ impl Forwarder {
         peer: SocketAddr,
         limit: Option<Duration>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let cfg = upstream.config();
-        let (mut parts, body) = req.into_parts();
-        let version = parts.version;
-        let uri = upstream_uri(&cfg.url, &parts.uri, route.strip_prefix);
-        let client_host = parts.headers.get(header::HOST).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        if !cfg.preserve_host {
-            if let Some(authority) = cfg.url.authority() {
-                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        } else if let Some(h) = client_host {
-            parts.headers.insert(header::HOST, h);
-        }
-        append_via(&mut parts.headers, version);
-        append_forwarded_for(&mut parts.headers, peer);
-        parts.headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
-        parts.uri = uri;
-        // The upstream connection picks its own version (HTTP/2 by ALPN or HTTP/1.1).
-        parts.version = http::Version::HTTP_11;
-        let req = Request::from_parts(parts, body);
+        let (req, client) = outbound(req, route, upstream, peer);
         let mut resp = match limit {
             Some(l) => upstream.send_within(req, l).await?,
             None => upstream.send(req).await?,
         };
         strip_hop_by_hop(resp.headers_mut());
-        let version = resp.version();
-        append_via(resp.headers_mut(), version);
+        self.inbound(&mut resp, route.upstream, &client);
         Ok(resp)
     }
+
+    /// Sends a protocol-switch request (`Connection: upgrade` + `Upgrade`) over HTTP/1.1 with the same
+    /// header rules, keeping the two fields the switch needs on the way out and, on a `101`, on the way
+    /// back. The caller joins the two upgraded connections.
+    pub async fn forward_upgrade(
+        &self,
+        req: Request<ProxyBody>,
+        route: &RouteMatch<'_>,
+        upstream: &Upstream,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let protocol = req.headers().get(header::UPGRADE).cloned();
+        let (mut req, client) = outbound(req, route, upstream, peer);
+        if let Some(p) = protocol {
+            req.headers_mut().insert(header::UPGRADE, p);
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let mut resp = upstream.send_upgrade(req).await?;
+        let switched = resp.headers().get(header::UPGRADE).cloned();
+        strip_hop_by_hop(resp.headers_mut());
+        if let (http::StatusCode::SWITCHING_PROTOCOLS, Some(p)) = (resp.status(), switched) {
+            resp.headers_mut().insert(header::UPGRADE, p);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        self.inbound(&mut resp, route.upstream, &client);
+        Ok(resp)
+    }
+
+    /// Response rules: `Via` with the version received, the client's own version, URLs kept on Outpost.
+    fn inbound(&self, resp: &mut Response<ProxyBody>, upstream: usize, client: &ClientSide) {
+        let received = resp.version();
+        append_via(resp.headers_mut(), received);
+        *resp.version_mut() = client.version;
+        let base = client
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(|h| format!("http://{h}"));
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(v) = resp.headers().get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if let Some(local) = self.local_url(v, upstream, base.as_deref()) {
+                if let Ok(v) = HeaderValue::from_str(&local) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+        }
+        let links: Vec<HeaderValue> = resp
+            .headers()
+            .get_all(header::LINK)
+            .iter()
+            .map(|v| match v.to_str() {
+                Ok(s) => rewrite_link(s, |u| self.local_url(u, upstream, base.as_deref()))
+                    .and_then(|s| HeaderValue::from_str(&s).ok())
+                    .unwrap_or_else(|| v.clone()),
+                Err(_) => v.clone(),
+            })
+            .collect();
+        if !links.is_empty() {
+            resp.headers_mut().remove(header::LINK);
+            for v in links {
+                resp.headers_mut().append(header::LINK, v);
+            }
+        }
+    }
+
+    /// The Outpost URL for a URL an upstream sent (`answered_by` for path-absolute ones), when a route
+    /// serves it; `base` is `http://<the client's Host>` (without it the answer is a path).
+    pub fn local_url(&self, url: &str, answered_by: usize, base: Option<&str>) -> Option<String> {
+        // (upstream, path below its base URL) for every upstream the URL may belong to, the longest base
+        // path first (an API at `/` and a media bucket at `/bucket` on one host).
+        let mut candidates: Vec<(usize, String, usize)> = Vec::new();
+        if url.starts_with('/') && !url.starts_with("//") {
+            let base_path = self
+                .upstreams
+                .get(answered_by)
+                .config()
+                .url
+                .path()
+                .trim_end_matches('/');
+            candidates.push((answered_by, url.strip_prefix(base_path)?.to_string(), 0));
+        } else {
+            let target: Uri = url.parse().ok()?;
+            let (scheme, host) = (target.scheme_str()?, target.host()?);
+            let port = target.port_u16().or_else(|| default_port(scheme))?;
+            for (ix, up) in self.upstreams.iter().enumerate() {
+                let u = &up.config().url;
+                let same = u.scheme_str() == Some(scheme)
+                    && u.host().is_some_and(|h| h.eq_ignore_ascii_case(host))
+                    && u.port_u16().or_else(|| default_port(scheme)) == Some(port);
+                let base_path = u.path().trim_end_matches('/');
+                let Some(rest) = target.path().strip_prefix(base_path).filter(|_| same) else {
+                    continue;
+                };
+                let rest = match target.query() {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.to_string(),
+                };
+                candidates.push((ix, rest, base_path.len()));
+            }
+            candidates.sort_by_key(|c| std::cmp::Reverse(c.2));
+        }
+        candidates.into_iter().find_map(|(ix, rest, _)| {
+            let rest = match rest.chars().next() {
+                None => "/".to_string(),
+                Some('/') => rest,
+                Some('?') => format!("/{rest}"),
+                Some(_) => return None,
+            };
+            let local = self.routes.local_path(ix, &rest)?;
+            Some(format!("{}{local}", base.unwrap_or("")))
+        })
+    }
+}
+
+/// What the response rules need to know of the client's request.
+struct ClientSide {
+    version: http::Version,
+    host: Option<HeaderValue>,
+}
+
+/// Request rules: target on the upstream, hop-by-hop fields out, Host, `Via`, `X-Forwarded-*`.
+fn outbound(
+    req: Request<ProxyBody>,
+    route: &RouteMatch<'_>,
+    upstream: &Upstream,
+    peer: SocketAddr,
+) -> (Request<ProxyBody>, ClientSide) {
+    let cfg = upstream.config();
+    let (mut parts, body) = req.into_parts();
+    let client = ClientSide {
+        version: parts.version,
+        host: parts.headers.get(header::HOST).cloned(),
+    };
+    parts.uri = upstream_uri(&cfg.url, &parts.uri, route.strip_prefix);
+    strip_hop_by_hop(&mut parts.headers);
+    if !cfg.preserve_host {
+        if let Some(authority) = cfg.url.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    } else if let Some(h) = &client.host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    append_via(&mut parts.headers, client.version);
+    append_forwarded_for(&mut parts.headers, peer);
+    parts.headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    // The upstream connection picks its own version (HTTP/2 by ALPN or HTTP/1.1).
+    parts.version = http::Version::HTTP_11;
+    (Request::from_parts(parts, body), client)
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// A `Link` field value (RFC 8288) with each `<URI-Reference>` passed through `map` (kept when it
+/// returns `None`); `None` when nothing changed.
+fn rewrite_link(value: &str, map: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut changed = false;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>').map(|c| c + open) else {
+            break;
+        };
+        out.push_str(&rest[..=open]);
+        let target = &rest[open + 1..close];
+        match map(target) {
+            Some(local) => {
+                out.push_str(&local);
+                changed = true;
+            }
+            None => out.push_str(target),
+        }
+        out.push('>');
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// upstream base URL + (client path minus strip_prefix) + client query.
@@ -164,6 +337,21 @@ mod tests {
             upstream_uri(&base, &client, None).to_string(),
             "http://127.0.0.1:9/api/v1/threads"
         );
+    }
+
+    #[test]
+    fn link_targets_are_mapped_and_parameters_kept() {
+        let map = |u: &str| u.strip_prefix("http://up").map(|r| format!("http://127.0.0.1:8787{r}"));
+        assert_eq!(
+            rewrite_link(
+                r#"<http://up/items?page=2>; rel="next", <http://other/x>; rel="help""#,
+                map
+            )
+            .unwrap(),
+            r#"<http://127.0.0.1:8787/items?page=2>; rel="next", <http://other/x>; rel="help""#
+        );
+        assert_eq!(rewrite_link("<http://other/x>; rel=next", map), None);
+        assert_eq!(rewrite_link("<broken", map), None);
     }
 
     #[test]

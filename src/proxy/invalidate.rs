@@ -10,11 +10,13 @@ use crate::routes::RouteMatch;
 use crate::upstream::Upstream;
 
 /// RFC 9111 §4.4: a successful unsafe request invalidates the target URI and the URIs in Location and
-/// Content-Location (when they are on the same upstream), in the request's partition.
+/// Content-Location (when they are on the same upstream), in the request's partition. The forwarder has
+/// already turned upstream URLs in those fields into Outpost URLs on the client's `Host`
+/// (`client_host`), so those count as the same origin too.
 pub(crate) fn after_unsafe(
     fwd: &Forwarder,
     cache: &Cache,
-    target: &Uri,
+    (target, client_host): (&Uri, Option<&str>),
     partition: &str,
     resp_headers: &HeaderMap,
     upstream: &Upstream,
@@ -25,7 +27,10 @@ pub(crate) fn after_unsafe(
             continue;
         };
         let Ok(u) = v.parse::<Uri>() else { continue };
-        let same_origin = u.authority().is_none() || u.authority() == upstream.config().url.authority();
+        let same_origin = match u.authority() {
+            None => true,
+            Some(a) => Some(a) == upstream.config().url.authority() || Some(a.as_str()) == client_host,
+        };
         if same_origin && u.path().starts_with('/') {
             uris.push(u);
         }

@@ -9,14 +9,17 @@
 //!
 //! Rooms: [`forward`] (the [`Forwarder`]: routes + upstream clients + header rules), [`flow`] (the cache
 //! flow, executor of [`crate::cache::Plan`]s), [`write`] (forward-or-queue), [`replay`] (the queue
-//! worker's adapter), [`invalidate`] (what a write makes stale), [`prefetch`], [`error`].
+//! worker's adapter), [`tunnel`] (protocol switches: WebSockets), [`invalidate`] (what a write makes
+//! stale), [`prefetch`], [`error`].
 
+pub mod cors;
 pub mod error;
 pub mod flow;
 pub mod forward;
 mod invalidate;
 mod prefetch;
 pub mod replay;
+pub mod tunnel;
 mod write;
 
 use std::net::SocketAddr;
@@ -35,8 +38,9 @@ use crate::admin::metrics::Metrics;
 use crate::body::{self, ProxyBody};
 use crate::cache::policy;
 use crate::cache::{key, Outcome};
+use crate::encoding::{self, ContentCoding};
 use crate::evict::{EvictReason, Evictor};
-use crate::media::{MediaHooks, MediaRules};
+use crate::media::{Asked, MediaHooks, MediaRules};
 use crate::queue::Outbox;
 use crate::routes::RouteMatch;
 use crate::server::ShutdownSignal;
@@ -50,6 +54,8 @@ pub struct Proxy {
     outbox: Arc<Outbox>,
     media: MediaHooks,
     prefetch: prefetch::Prefetcher,
+    tunnels: tunnel::Tunnels,
+    cors: cors::Cors,
     store: Arc<Store>,
     evictor: Arc<Evictor>,
     metrics: Arc<Metrics>,
@@ -69,7 +75,9 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             media: MediaHooks::new(store.clone(), evictor.clone()),
-            prefetch: prefetch::Prefetcher::new(shutdown),
+            prefetch: prefetch::Prefetcher::new(shutdown.clone()),
+            tunnels: tunnel::Tunnels::new(shutdown),
+            cors: cors::Cors::new(store.clone()),
             forwarder,
             flow,
             outbox,
@@ -103,12 +111,26 @@ impl Proxy {
         let read = method == Method::GET || method == Method::HEAD;
         let cacheable = read && route.policy.strategy != crate::routes::Strategy::NetworkOnly;
         let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+        let mut accept_encoding = http::HeaderMap::new();
+        for v in req.headers().get_all(header::ACCEPT_ENCODING) {
+            accept_encoding.append(header::ACCEPT_ENCODING, v.clone());
+        }
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let preflight = cors::is_preflight(&method, req.headers());
         let media = media_rules(&route);
-        let partition = if route.policy.pins.is_some() || route.policy.logout {
+        let dead_letters = self.outbox.has_dead_letters();
+        let partition = if route.policy.pins.is_some() || route.policy.logout || dead_letters {
             key::partition(req.headers())
         } else {
             String::new()
         };
+        // Only the list itself (the route's exact path; each query its own list) sets pins.
+        let pin_list = (route.policy.pins.is_some() && route.pattern.is_some_and(|p| p.matches_exactly(&path)))
+            .then(|| req.uri().query().unwrap_or("").to_string());
         let local_base = (!route.policy.rewrite.is_empty())
             .then(|| {
                 req.headers()
@@ -117,7 +139,10 @@ impl Proxy {
                     .map(|h| format!("http://{h}"))
             })
             .flatten();
-        let answer = if read {
+        let answer = if route.policy.upgrade && tunnel::wants_upgrade(req.headers()) {
+            let tunnelled = self.tunnels.open_tunnel(req, &self.forwarder, &route, &upstream, peer);
+            tunnelled.await.map(|r| (r, Outcome::Bypass))
+        } else if read {
             let (parts, _body) = req.into_parts();
             let head = RequestHead {
                 method: parts.method,
@@ -131,14 +156,34 @@ impl Proxy {
         } else {
             self.pass(req, &route, &upstream, peer).await
         };
-        let (mut resp, outcome) = match answer {
-            Ok(a) => a,
-            Err(e) => {
+        // `made_here`: an answer of Outpost's own (errors, queued writes), which gets CORS fields.
+        let (mut resp, outcome, made_here) = match (answer, origin.as_deref()) {
+            (Ok((r, outcome)), None) => (r, outcome, false),
+            (Ok((r, outcome)), Some(origin)) => {
+                if matches!(outcome, Outcome::Miss | Outcome::Revalidated | Outcome::Bypass) {
+                    self.cors.learn(upstream.name(), route.name, origin, preflight, &r);
+                }
+                (r, outcome, outcome == Outcome::Queued)
+            }
+            (Err(e), origin) => {
                 let outcome = if cacheable { Outcome::Miss } else { Outcome::Bypass };
                 tracing::debug!(fault = ?e.fault(), error = %e, "request failed");
-                (e.into_response(), outcome)
+                let stored = match origin {
+                    Some(o) if preflight && e.fault() == Fault::Upstream => {
+                        self.cors.preflight(upstream.name(), route.name, o)
+                    }
+                    _ => None,
+                };
+                match stored {
+                    // A page's preflight while the upstream is away: what it said last time.
+                    Some(r) => (r, Outcome::Hit, false),
+                    None => (e.into_response(), outcome, true),
+                }
             }
         };
+        if let (Some(o), true) = (origin.as_deref(), made_here) {
+            self.cors.decorate(upstream.name(), o, &mut resp);
+        }
         resp.headers_mut().insert(
             HeaderName::from_static("x-outpost-cache"),
             HeaderValue::from_static(outcome.as_str()),
@@ -153,24 +198,50 @@ impl Proxy {
             let fwd = &self.forwarder;
             // Players fetch media without credentials: media lives in the anonymous partition.
             let key_of = |uri: &Uri| fwd.key_of(key::ANONYMOUS, uri);
-            let (hooked, prefetch) = self
+            let hooked = self
                 .media
                 .on_answer(
                     resp,
                     &media,
-                    outcome.from_network(),
-                    &partition,
-                    local_base.as_deref(),
+                    &Asked {
+                        from_network: outcome.from_network(),
+                        partition: &partition,
+                        list: pin_list.as_deref(),
+                        local_base: local_base.as_deref(),
+                    },
                     &key_of,
                 )
                 .await;
-            resp = hooked;
-            for uri in prefetch {
-                self.prefetch.spawn(&self.flow, &self.forwarder, uri);
+            match hooked {
+                Ok((hooked, prefetch)) => {
+                    resp = hooked;
+                    for uri in prefetch {
+                        self.prefetch.spawn(&self.flow, &self.forwarder, uri);
+                    }
+                }
+                Err(e) => {
+                    let e = ProxyError::Garbage {
+                        upstream: upstream.name().to_string(),
+                        reason: e.to_string(),
+                    };
+                    tracing::warn!(path, error = %e, "upstream answer refused");
+                    resp = e.into_response();
+                }
             }
         }
+        adapt_coding(&mut resp, &accept_encoding, &method);
         if route.policy.logout && resp.status().is_success() && partition != key::ANONYMOUS {
             self.clear_partition(&partition);
+            self.media.forget_user(&partition);
+        }
+        if dead_letters {
+            // The channel an unmodified app (or its developer) can see: this user's writes that stopped
+            // for good, until they are retried or dropped on the dashboard.
+            let n = self.outbox.dead_letters_for(&partition);
+            if n > 0 {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-outpost-dead-letters"), HeaderValue::from(n));
+            }
         }
         if cacheable {
             let pending = self.outbox.pending_for(&path);
@@ -211,15 +282,23 @@ impl Proxy {
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<body::BoxError>,
     {
-        let target = policy::is_unsafe(req.method()).then(|| (req.uri().clone(), key::partition(req.headers())));
+        let target = policy::is_unsafe(req.method()).then(|| {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string);
+            (req.uri().clone(), host, key::partition(req.headers()))
+        });
         let resp = self
             .forwarder
             .forward(req.map(body::boxed), route, upstream, peer, None)
             .await?;
-        if let Some((uri, partition)) = target {
+        if let Some((uri, host, partition)) = target {
             if resp.status().is_success() || resp.status().is_redirection() {
                 let cache = self.flow.cache();
-                invalidate::after_unsafe(&self.forwarder, cache, &uri, &partition, resp.headers(), upstream);
+                let target = (&uri, host.as_deref());
+                invalidate::after_unsafe(&self.forwarder, cache, target, &partition, resp.headers(), upstream);
             }
         }
         Ok((resp, Outcome::Bypass))
@@ -238,6 +317,27 @@ impl Proxy {
             }
             Err(e) => tracing::warn!(error = %e, "clearing at logout failed"),
         }
+    }
+}
+
+/// Stored and forwarded answers keep the coding the upstream chose; a client that does not accept it
+/// gets the body decoded as it streams (a `HEAD` gets the head it would get for a `GET`). Answers with
+/// a body in a coding Outpost can decode also say `Vary: Accept-Encoding`. Partial answers (`206`) pass as
+/// they are: the store answers a client that would need decoding with the whole body instead.
+fn adapt_coding(resp: &mut Response<ProxyBody>, accept: &http::HeaderMap, method: &Method) {
+    if resp.status() != StatusCode::OK {
+        return;
+    }
+    let Some(coding) = encoding::must_decode(resp.headers(), accept) else {
+        if matches!(encoding::content_coding(resp.headers()), ContentCoding::Known(_)) {
+            encoding::add_vary_accept_encoding(resp.headers_mut());
+        }
+        return;
+    };
+    encoding::mark_decoded(resp.headers_mut());
+    if method != Method::HEAD {
+        let body = std::mem::replace(resp.body_mut(), body::empty());
+        *resp.body_mut() = encoding::decode_body(coding, body);
     }
 }
 

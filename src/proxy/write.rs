@@ -148,7 +148,9 @@ impl Proxy {
             Ok(resp) => {
                 if resp.status().is_success() || resp.status().is_redirection() {
                     let cache = self.flow.cache();
-                    invalidate::after_unsafe(&self.forwarder, cache, &parts.uri, &partition, resp.headers(), upstream);
+                    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                    let target = (&parts.uri, host);
+                    invalidate::after_unsafe(&self.forwarder, cache, target, &partition, resp.headers(), upstream);
                     invalidate::related(&self.forwarder, cache, route, &partition);
                 }
                 Ok((resp, Outcome::Bypass))

@@ -8,6 +8,7 @@
 //! per-route ordering keys make independent lines), higher priority first among lines.
 
 pub mod backoff;
+mod events;
 mod record;
 mod replay;
 
@@ -19,6 +20,7 @@ use http::HeaderValue;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+pub use events::QueueEvent;
 pub use record::{ItemState, OutboxRecord};
 pub use replay::{Delivery, ReplayWorker, SendError};
 
@@ -72,6 +74,9 @@ pub struct Outbox {
     /// Writes waiting for the next group commit, each with the slot its answer goes to.
     waiting: Mutex<Vec<(OutboxRecord, AnswerSlot)>>,
     wake: Notify,
+    events: events::Events,
+    /// Dead letters in all (the request path checks this before computing a user's partition).
+    dead_total: AtomicU64,
 }
 
 type EnqueueResult = Result<(String, usize), String>;
@@ -87,6 +92,8 @@ struct Index {
     /// Pending items per ordering line (`None` = the global line), oldest first: order checks and the
     /// replay worker's choice of line heads cost O(lines), not O(queue).
     lines: HashMap<Option<String>, std::collections::BTreeSet<u64>>,
+    /// Dead letters per user partition (for `X-Outpost-Dead-Letters`).
+    dead: HashMap<String, usize>,
 }
 
 impl Outbox {
@@ -103,13 +110,56 @@ impl Outbox {
             order_lock: Mutex::new(()),
             waiting: Mutex::new(Vec::new()),
             wake: Notify::new(),
+            events: events::Events::default(),
+            dead_total: AtomicU64::new(0),
         };
         for item in record::all(&outbox.store)? {
-            if item.state == ItemState::Pending {
-                outbox.count_paths(&item, 1);
+            match item.state {
+                ItemState::Pending => outbox.count_paths(&item, 1),
+                ItemState::DeadLetter => outbox.count_dead(&item.partition, 1),
+                ItemState::Overridden => {}
             }
         }
         Ok(outbox)
+    }
+
+    fn count_dead(&self, partition: &str, add: isize) {
+        let mut ix = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let n = ix.dead.entry(partition.to_string()).or_insert(0);
+        *n = n.saturating_add_signed(add);
+        if *n == 0 {
+            ix.dead.remove(partition);
+        }
+        let total: usize = ix.dead.values().sum();
+        self.dead_total.store(total as u64, Ordering::Relaxed);
+    }
+
+    /// True when any write has stopped for good (cheap; checked on every request).
+    pub fn has_dead_letters(&self) -> bool {
+        self.dead_total.load(Ordering::Relaxed) > 0
+    }
+
+    /// Writes of this user that stopped for good and wait for the app or the user (retry or drop).
+    pub fn dead_letters_for(&self, partition: &str) -> usize {
+        self.index
+            .lock()
+            .map(|ix| ix.dead.get(partition).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Listens to what happens to queued writes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<QueueEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: &'static str, item: &OutboxRecord, status: Option<u16>) {
+        self.events.emit(QueueEvent {
+            event,
+            id: item.id.clone(),
+            method: item.method.clone(),
+            uri: item.uri.clone(),
+            status,
+        });
     }
 
     /// Replay settings.
@@ -204,6 +254,7 @@ impl Outbox {
             Ok(()) => {
                 for (item, slot) in records.iter().zip(&slots) {
                     self.count_paths(item, 1);
+                    self.emit("queued", item, None);
                     let position = self.depth();
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok((item.id.clone(), position)));
                 }
@@ -260,6 +311,9 @@ impl Outbox {
         if item.state != ItemState::Pending {
             self.count_paths(&item, 1);
         }
+        if item.state == ItemState::DeadLetter {
+            self.count_dead(&item.partition, -1);
+        }
         item.state = ItemState::Pending;
         item.next_try_ms = now_ms();
         item.attempts = 0;
@@ -290,8 +344,10 @@ impl Outbox {
     pub(crate) fn remove(&self, item: &OutboxRecord) -> Result<(), QueueError> {
         let _order = self.order_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.store.outbox_delete(item.seq)?;
-        if item.state == ItemState::Pending {
-            self.count_paths(item, -1);
+        match item.state {
+            ItemState::Pending => self.count_paths(item, -1),
+            ItemState::DeadLetter => self.count_dead(&item.partition, -1),
+            ItemState::Overridden => {}
         }
         Ok(())
     }
@@ -300,6 +356,15 @@ impl Outbox {
         record::put(&self.store, item)?;
         if was_pending && item.state != ItemState::Pending {
             self.count_paths(item, -1);
+            let status = item.response.as_ref().map(|(s, _)| *s);
+            match item.state {
+                ItemState::DeadLetter => {
+                    self.count_dead(&item.partition, 1);
+                    self.emit("dead_letter", item, status);
+                }
+                ItemState::Overridden => self.emit("overridden", item, status),
+                ItemState::Pending => {}
+            }
         }
         Ok(())
     }

@@ -53,7 +53,9 @@ pub struct ReplayWorker<D> {
 
 /// What one attempt decided.
 enum Verdict {
-    Delivered,
+    Delivered {
+        status: u16,
+    },
     Retry {
         after: Duration,
         error: String,
@@ -152,12 +154,15 @@ impl<D: Delivery> ReplayWorker<D> {
         };
         let was_pending = item.state == ItemState::Pending;
         match verdict {
-            Verdict::Delivered => {
+            Verdict::Delivered {
+                status: status_of_delivery,
+            } => {
                 tracing::info!(id = %item.id, method = %item.method, uri = %item.uri, attempts = item.attempts + 1, "queued write delivered");
                 if let Err(e) = self.outbox.remove(&item) {
                     // It stays queued and is replayed again with the same key: at-least-once.
                     tracing::error!(id = %item.id, error = %e, "removing a delivered item failed");
                 }
+                self.outbox.emit("delivered", &item, Some(status_of_delivery));
                 self.delivery.delivered(&item);
             }
             Verdict::Retry { after, error } => {
@@ -213,7 +218,7 @@ impl<D: Delivery> ReplayWorker<D> {
     fn judge(&self, item: &OutboxRecord, status: StatusCode, retry_after: Option<Duration>, body: String) -> Verdict {
         let code = status.as_u16();
         if status.is_success() || status.is_redirection() {
-            return Verdict::Delivered;
+            return Verdict::Delivered { status: code };
         }
         match code {
             409 | 412 => match self.delivery.conflict_policy(item) {

@@ -12,6 +12,7 @@ mod crypt;
 mod entry;
 mod memory;
 mod outbox;
+mod pins;
 mod seam;
 mod verify;
 
@@ -25,6 +26,7 @@ pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
 pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained, StoredHeaders};
 pub use memory::MemoryStorage;
+pub use pins::PinSet;
 pub use seam::{Budget, Commit, DiskStorage, FillSink, Storage, Unbounded};
 pub use verify::VerifyReport;
 

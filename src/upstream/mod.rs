@@ -2,7 +2,8 @@
 //! bound every exchange, and each upstream's connectivity state.
 //!
 //! Promises: no exchange waits longer than `connect_timeout` for a connection or `first_byte_timeout` for
-//! a response head, and no body pauses longer than `idle_timeout`. A connect error or timeout marks the
+//! a response head, and no body pauses longer than `idle_timeout` (a `text/event-stream` body: longer
+//! than `stream_idle_timeout`, unlimited by default, since event streams may be quiet for long). A connect error or timeout marks the
 //! upstream offline at once (passive detection); any answer marks it online again.
 
 mod connectivity;
@@ -76,37 +77,53 @@ pub struct TlsSetupError {
     pub reason: String,
 }
 
-/// One upstream: its config, its pooled client and its connectivity.
+type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// One upstream: its config, its pooled clients and its connectivity.
 pub struct Upstream {
     config: UpstreamConfig,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: HttpClient,
+    /// HTTP/1.1 only: a protocol switch (`Upgrade`, RFC 9110 §7.8) exists only there, and an https
+    /// upstream would otherwise pick HTTP/2 by ALPN.
+    upgrade_client: HttpClient,
     connectivity: Connectivity,
 }
 
 impl Upstream {
-    /// Builds the client (TLS roots, timeouts, pool) for `config`.
+    /// Builds the clients (TLS roots, timeouts, pool) for `config`.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, TlsSetupError> {
         let tls = tls_config(&config)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let connector = |http2: bool| {
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(config.connect_timeout));
+            http.set_nodelay(true);
+            http.set_keepalive(Some(Duration::from_secs(30)));
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1();
+            if http2 {
+                builder.enable_http2().wrap_connector(http)
+            } else {
+                builder.wrap_connector(http)
+            }
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle)
             .timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
+            .build(connector(true));
+        // An upgraded connection leaves the pool for good; nothing idles here.
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(connector(false));
         Ok(Upstream {
             connectivity: Connectivity::new(&config.name),
             config,
             client,
+            upgrade_client,
         })
     }
 
@@ -140,12 +157,40 @@ impl Upstream {
         req: Request<ProxyBody>,
         limit: Duration,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        self.exchange(&self.client, req, limit).await
+    }
+
+    /// Sends a protocol-switch request over HTTP/1.1 within the same bounds as [`Upstream::send`]; on a
+    /// `101` the connection is the caller's through `hyper::upgrade::on(&mut response)`.
+    pub async fn send_upgrade(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        let limit = self.config.connect_timeout + self.config.first_byte_timeout;
+        self.exchange(&self.upgrade_client, req, limit).await
+    }
+
+    async fn exchange(
+        &self,
+        client: &HttpClient,
+        req: Request<ProxyBody>,
+        limit: Duration,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let name = &self.config.name;
-        match tokio::time::timeout(limit, self.client.request(req)).await {
+        match tokio::time::timeout(limit, client.request(req)).await {
             Ok(Ok(resp)) => {
                 self.connectivity.mark_online();
-                let idle = self.config.idle_timeout;
-                Ok(resp.map(|b| crate::body::boxed(IdleTimeout::new(crate::body::boxed(b), idle))))
+                let event_stream = resp
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+                let idle = if event_stream {
+                    self.config.stream_idle_timeout
+                } else {
+                    Some(self.config.idle_timeout)
+                };
+                Ok(match idle {
+                    Some(idle) => resp.map(|b| crate::body::boxed(IdleTimeout::new(crate::body::boxed(b), idle))),
+                    None => resp.map(crate::body::boxed),
+                })
             }
             Ok(Err(e)) => {
                 let reason = error_chain(&e);

@@ -1,6 +1,8 @@
 //! Shared test builders: the demo backend and Outpost on 127.0.0.1:0 with a temp data dir.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::time::Duration;
 
 use outpost::admin::client::{Collected, HttpClient};
