@@ -67,7 +67,8 @@ fn library(media: &str) -> serde_json::Value {
         .iter()
         .map(|id| serde_json::json!({"audio_file_id": id, "url": format!("{media}/r/{id}.mp3?X-Amz-Signature=s1"), "title": "x".repeat(600)}))
         .collect();
-    serde_json::json!({ "items": items })
+    let next = media.replace("/bucket", "/api/library?page=2");
+    serde_json::json!({ "items": items, "next": next })
 }
 
 fn snapshot() -> Vec<u8> {
@@ -152,7 +153,7 @@ async fn answer(req: Request<hyper::body::Incoming>, me: SocketAddr) -> Response
         r.headers_mut().insert(header::ETAG, HeaderValue::from_static("\"v1\""));
         if cacheable {
             r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
         }
         r
     };
@@ -225,6 +226,7 @@ async fn answer(req: Request<hyper::body::Incoming>, me: SocketAddr) -> Response
 
 /// The test config; `extra` holds more upstreams and routes (matched first), `top` top-level keys.
 fn config_with(backend: &str, top: &str, extra: &str, dir: &std::path::Path) -> Config {
+    common::init_logs();
     let src = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -249,7 +251,7 @@ connect_timeout = "1s"
 name = "library"
 prefix = "/api/library"
 kind = "library"
-rewrite = ["media"]
+rewrite = ["api", "media"]
 pins = "items[*].url"
 prefetch = true
 media_alias = {{ objects = "items[*]", id = "audio_file_id", url = "url" }}
@@ -278,6 +280,19 @@ fn config(backend: &str, extra: &str, dir: &std::path::Path) -> Config {
 
 async fn call(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Collected {
     client.call(Method::GET, url, headers, None).await.expect("request")
+}
+
+/// True when Outpost has `url` stored (asked with `only-if-cached`, so nothing is fetched).
+async fn cached(client: &HttpClient, url: &str) -> bool {
+    call(client, url, &[("cache-control", "only-if-cached")])
+        .await
+        .head
+        .status
+        == 200
+}
+
+async fn wait_cached(client: &HttpClient, url: &str) {
+    common::eventually(&format!("{url} stored"), 10, || cached(client, url)).await;
 }
 
 const OKHTTP: &[(&str, &str)] = &[("accept-encoding", "gzip")];
@@ -314,6 +329,11 @@ async fn compressed_json_is_rewritten_pinned_stored_compressed_and_served_offlin
             "{coding}: media URL rewritten"
         );
         assert_eq!(
+            v["next"],
+            format!("{base}/api/library?page=2").as_str(),
+            "{coding}: the API's own link too"
+        );
+        assert_eq!(
             r.head.headers[header::CONTENT_LENGTH],
             r.body.len().to_string().as_str()
         );
@@ -337,18 +357,7 @@ async fn compressed_json_is_rewritten_pinned_stored_compressed_and_served_offlin
     );
     // Pins and prefetch worked from the compressed answer: both media are stored without being asked for.
     for id in ["a1", "a2"] {
-        let url = format!("{base}/media/s3/r/{id}.mp3?X-Amz-Signature=other");
-        common::eventually(&format!("{id} prefetched"), 10, || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                call(&client, &url, &[("cache-control", "only-if-cached")])
-                    .await
-                    .head
-                    .status
-                    == 200
-            }
-        })
-        .await;
+        wait_cached(&client, &format!("{base}/media/s3/r/{id}.mp3?X-Amz-Signature=other")).await;
     }
 
     // A big snapshot sent gzipped is stored at its compressed size, and each client gets what it accepts.
@@ -362,17 +371,7 @@ async fn compressed_json_is_rewritten_pinned_stored_compressed_and_served_offlin
         "an app that accepts gzip gets it"
     );
     assert_eq!(gunzip(&gz.body), raw);
-    common::eventually("snapshot stored", 10, || {
-        let (client, url) = (client.clone(), format!("{base}/api/snapshot"));
-        async move {
-            call(&client, &url, &[("cache-control", "only-if-cached")])
-                .await
-                .head
-                .status
-                == 200
-        }
-    })
-    .await;
+    wait_cached(&client, &format!("{base}/api/snapshot")).await;
     let stored = outpost.store().blob_bytes().unwrap() - before;
     println!(
         "snapshot: {} bytes as JSON, {} gzipped, {stored} stored",
@@ -664,16 +663,7 @@ async fn pins_last_across_a_restart_under_budget_pressure_and_only_the_list_sets
     let outpost = Outpost::start(config.clone()).await.unwrap();
     let client = HttpClient::new(Duration::from_secs(20));
     let base = format!("http://{}", outpost.addr());
-    let stored = |base: String, id: &str| {
-        let (client, url) = (client.clone(), format!("{base}/media/s3/r/{id}.mp3"));
-        async move {
-            call(&client, &url, &[("cache-control", "only-if-cached")])
-                .await
-                .head
-                .status
-                == 200
-        }
-    };
+    let audio_url = |base: &str, id: &str| format!("{base}/media/s3/r/{id}.mp3");
 
     // The library screen pins a1 and a2 (prefetched); an item screen under the same prefix changes nothing.
     assert_eq!(
@@ -681,7 +671,7 @@ async fn pins_last_across_a_restart_under_budget_pressure_and_only_the_list_sets
         200
     );
     for id in ["a1", "a2"] {
-        common::eventually(&format!("{id} prefetched"), 10, || stored(base.clone(), id)).await;
+        wait_cached(&client, &audio_url(&base, id)).await;
     }
     let item = call(&client, &format!("{base}/api/library/a1"), OKHTTP).await;
     assert_eq!(item.head.status, 200);
@@ -694,11 +684,15 @@ async fn pins_last_across_a_restart_under_budget_pressure_and_only_the_list_sets
         let r = call(&client, &format!("{base}/media/s3/r/a{i}.mp3"), PLAIN).await;
         assert_eq!(r.head.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually("the evictor brings the store under the budget", 10, || {
+        let used = outpost.store().blob_bytes().unwrap();
+        async move { used <= 450_000 }
+    })
+    .await;
     backend.stop().await;
     let mut evicted = Vec::new();
     for i in 3..10 {
-        if !stored(base.clone(), &format!("a{i}")).await {
+        if !cached(&client, &audio_url(&base, &format!("a{i}"))).await {
             evicted.push(i);
         }
     }
@@ -706,7 +700,7 @@ async fn pins_last_across_a_restart_under_budget_pressure_and_only_the_list_sets
     assert!(!evicted.is_empty(), "the budget pushed something out");
     for id in ["a1", "a2"] {
         assert!(
-            stored(base.clone(), id).await,
+            cached(&client, &audio_url(&base, id)).await,
             "pinned {id} survived the restart and the pressure"
         );
         let r = call(&client, &format!("{base}/media/s3/r/{id}.mp3"), PLAIN).await;

@@ -377,7 +377,8 @@ impl RawConfig {
             routes.push(route(cx, i, raw, upstreams, default_upstream)?);
         }
         // Media rewriting needs every route: the local prefix of an upstream is the strip_prefix of a
-        // prefix route to it.
+        // prefix route to it, or nothing when it is served unprefixed (the API itself, for pagination
+        // links: the default upstream, or a route to it without strip_prefix).
         for (i, raw) in self.routes.iter().enumerate() {
             for (j, name) in raw.rewrite.iter().flatten().enumerate() {
                 let k = format!("routes[{i}].rewrite[{j}]");
@@ -388,15 +389,18 @@ impl RawConfig {
                         format!("no upstream named {:?} (known: {})", name.get_ref(), known(upstreams)),
                     ));
                 };
+                let unprefixed =
+                    up == default_upstream || routes.iter().any(|r| r.upstream == up && r.strip_prefix.is_none());
                 let local = routes
                     .iter()
                     .find(|r| r.upstream == up && r.strip_prefix.is_some())
                     .and_then(|r| r.strip_prefix.clone())
+                    .or_else(|| unprefixed.then(String::new))
                     .ok_or_else(|| {
                         cx.err(
                             Some(name.span()),
                             &k,
-                            format!("no route with a strip_prefix serves upstream {:?}; add one (e.g. prefix = \"/media/{0}/\", strip_prefix = \"/media/{0}\")", name.get_ref()),
+                            format!("no route serves upstream {:?} under a local prefix; add one (e.g. prefix = \"/media/{0}/\", strip_prefix = \"/media/{0}\")", name.get_ref()),
                         )
                     })?;
                 let origin = upstreams[up].url.to_string().trim_end_matches('/').to_string();
@@ -406,6 +410,11 @@ impl RawConfig {
                     local_prefix: local.trim_end_matches('/').to_string(),
                 });
             }
+            // The longest origin first: a media bucket under the API's host is not taken for the API.
+            routes[i]
+                .policy
+                .rewrite
+                .sort_by_key(|r| std::cmp::Reverse(r.origin.len()));
             // Pins and aliases name media by the local URL the rewrite produces.
             for (what, span) in [
                 ("pins", raw.pins.as_ref().map(|p| p.span())),

@@ -25,7 +25,6 @@ pub use path::JsonPath;
 pub use rewrite::{buffer_json, local_target, rewrite_json, rewrite_value, rewritten, Buffered, MediaRewrite};
 
 use crate::body::{self, ProxyBody};
-use crate::encoding::DecodeError;
 use crate::evict::Evictor;
 use crate::store::Store;
 
@@ -149,7 +148,7 @@ impl MediaHooks {
         rules: &MediaRules<'_>,
         asked: &Asked<'_>,
         key_of: KeyOf<'_>,
-    ) -> Result<(Response<ProxyBody>, Vec<Uri>), DecodeError> {
+    ) -> Result<(Response<ProxyBody>, Vec<Uri>), String> {
         let Asked {
             from_network,
             partition,

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, StreamBody};
 use serde_json::Value;
 
 use crate::body::ProxyBody;
-use crate::encoding::{content_coding, decode_bounded, mark_decoded, weaken_etag, ContentCoding, DecodeError};
+use crate::encoding::{content_coding, decode_bounded, mark_decoded, weaken_etag, ContentCoding};
 
 /// One media rewrite rule: `https://media.host/base/...` → `<client's host><local_prefix>/...`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -75,8 +75,8 @@ pub enum Buffered {
     Json(http::response::Parts, Bytes),
     /// Not for us (not JSON, an unknown coding, too large, or broken: a broken body keeps its error).
     Untouched(Response<ProxyBody>),
-    /// A coded body that does not decode, or inflates like a bomb: upstream garbage.
-    Refused(DecodeError),
+    /// A coded body that does not decode, or inflates like a bomb: upstream garbage (why).
+    Refused(String),
 }
 
 /// Reads a JSON answer of at most `max` bytes (coded and decoded) into memory.
@@ -91,7 +91,11 @@ pub async fn buffer_json(resp: Response<ProxyBody>, max: u64) -> Buffered {
     };
     let (parts, raw) = match buffer(resp, max).await {
         Ok(v) => v,
-        Err(untouched) => return Buffered::Untouched(untouched),
+        Err(Unbuffered::TooLarge(untouched)) => return Buffered::Untouched(untouched),
+        // A coded body the store refused (it does not decode, or inflates like a bomb) breaks before
+        // its end: nothing was sent yet, so the app gets a clean 502.
+        Err(Unbuffered::Broken(_, reason)) if coding.is_some() => return Buffered::Refused(reason),
+        Err(Unbuffered::Broken(resp, _)) => return Buffered::Untouched(resp),
     };
     let Some(coding) = coding else {
         return Buffered::Json(parts, raw);
@@ -104,19 +108,27 @@ pub async fn buffer_json(resp: Response<ProxyBody>, max: u64) -> Buffered {
         }
         // Valid, but larger than the route looks into: on as it came.
         Ok(None) => Buffered::Untouched(Response::from_parts(parts, crate::body::full(raw))),
-        Err(e) => Buffered::Refused(e),
+        Err(e) => Buffered::Refused(e.to_string()),
     }
 }
 
+/// Why a body was not buffered; the answer is given back either way.
+enum Unbuffered {
+    /// Larger than the limit: the bytes read so far and the rest, untouched.
+    TooLarge(Response<ProxyBody>),
+    /// The body broke (the bytes so far, then the error), and why.
+    Broken(Response<ProxyBody>, String),
+}
+
 /// Reads a body of at most `max` bytes; `Err` gives the answer back (too large, or broken).
-async fn buffer(resp: Response<ProxyBody>, max: u64) -> Result<(http::response::Parts, Bytes), Response<ProxyBody>> {
+async fn buffer(resp: Response<ProxyBody>, max: u64) -> Result<(http::response::Parts, Bytes), Unbuffered> {
     let declared: Option<u64> = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     if declared.is_some_and(|n| n > max) {
-        return Err(resp);
+        return Err(Unbuffered::TooLarge(resp));
     }
     let (parts, mut body) = resp.into_parts();
     let mut buf = BytesMut::new();
@@ -128,17 +140,19 @@ async fn buffer(resp: Response<ProxyBody>, max: u64) -> Result<(http::response::
                     // Too big after all: pass what was read and the rest through untouched.
                     let head = stream::iter([Ok(Frame::data(buf.freeze())), Ok(Frame::data(d))]);
                     let rest = http_body_util::BodyStream::new(body);
-                    return Err(Response::from_parts(
+                    return Err(Unbuffered::TooLarge(Response::from_parts(
                         parts,
                         BodyExt::boxed(StreamBody::new(head.chain(rest))),
-                    ));
+                    )));
                 }
                 buf.extend_from_slice(&d);
             }
             Err(e) => {
                 // Keep the failure visible to the client: the bytes so far, then the error.
+                let reason = e.to_string();
                 let head = stream::iter([Ok(Frame::data(buf.freeze())), Err(e)]);
-                return Err(Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head))));
+                let resp = Response::from_parts(parts, BodyExt::boxed(StreamBody::new(head)));
+                return Err(Unbuffered::Broken(resp, reason));
             }
         }
     }

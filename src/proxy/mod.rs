@@ -222,7 +222,7 @@ impl Proxy {
                 Err(e) => {
                     let e = ProxyError::Garbage {
                         upstream: upstream.name().to_string(),
-                        reason: e.to_string(),
+                        reason: e,
                     };
                     tracing::warn!(path, error = %e, "upstream answer refused");
                     resp = e.into_response();

@@ -31,10 +31,7 @@ impl TestEnv {
 
     /// Same, with a demo backend shaped by `opts`.
     pub async fn start_full(opts: DemoOptions, adjust: impl FnOnce(&mut Config)) -> TestEnv {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        init_logs();
         let backend = DemoBackend::start(opts).await.expect("demo backend");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = outpost::demo::story::demo_config(&backend, dir.path()).expect("demo config");
@@ -153,6 +150,14 @@ where
 }
 
 /// Config from TOML text with no overrides.
+/// Test logs through `RUST_LOG` (once per test binary).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 pub fn config_from(src: &str) -> Config {
     Config::from_toml(src, "test.toml", &Overrides::default()).expect("config")
 }
