@@ -163,13 +163,16 @@ impl Outpost {
         let evict_task = tokio::spawn(evictor.clone().run(shutdown.triggered()));
         evictor.wake();
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(Cache::new(
-            Arc::new(DiskStorage(store.clone())),
-            evictor.clone(),
-            role,
-            config.cache.verify_on_read,
-            shutdown.clone(),
-        ));
+        let cache = Arc::new(
+            Cache::new(
+                Arc::new(DiskStorage(store.clone())),
+                evictor.clone(),
+                role,
+                config.cache.verify_on_read,
+                shutdown.clone(),
+            )
+            .with_partitioner(config.cache.partitioner.clone()),
+        );
         for upstream in upstreams.iter() {
             tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
         }

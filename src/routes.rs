@@ -232,6 +232,9 @@ pub struct RoutePolicy {
     pub retain: Option<Retention>,
     /// A successful request on this route logs the user out: their partition is cleared.
     pub logout: bool,
+    /// Answers are told apart by user (`partition = "user"`, the default); `false` (`"none"`): the same for
+    /// everyone (media objects whose URL is the capability), keyed like requests without credentials.
+    pub per_user: bool,
     /// Requests asking for a protocol switch (`Connection: upgrade`, e.g. WebSocket handshakes) are
     /// tunnelled to the upstream; `false` forwards them as plain requests without the `Upgrade` field.
     pub upgrade: bool,
@@ -288,6 +291,7 @@ impl Default for RoutePolicy {
             retain: None,
             logout: false,
             upgrade: true,
+            per_user: true,
         }
     }
 }

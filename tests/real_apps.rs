@@ -128,6 +128,12 @@ impl Backend {
 async fn answer(req: Request<hyper::body::Incoming>, me: SocketAddr) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let cookie = req
+        .headers()
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let accept = req
         .headers()
         .get(header::ACCEPT_ENCODING)
@@ -177,6 +183,22 @@ async fn answer(req: Request<hyper::body::Incoming>, me: SocketAddr) -> Response
                 .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        "/api/me" => {
+            // Rails-style cookie session: who you are comes from the cookie; private; sets a cookie.
+            let user = cookie
+                .split(';')
+                .find_map(|c| c.trim().strip_prefix("session="))
+                .unwrap_or("nobody")
+                .to_string();
+            let mut r = Response::new(body::full(format!("{{\"user\":\"{user}\"}}")));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=60"));
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&format!("last_seen={user}; Path=/")).unwrap(),
+            );
             r
         }
         "/api/old-place" => {
@@ -754,5 +776,47 @@ async fn interim_1xx_answers_are_dropped_and_the_final_answer_is_forwarded_and_s
         (hit.head.status.as_u16(), hit.body.as_ref()),
         (200, b"{\"final\":1}".as_ref())
     );
+    outpost.shutdown().await;
+}
+
+#[tokio::test]
+async fn cookie_sessions_are_kept_apart_and_a_stored_set_cookie_is_never_replayed() {
+    let mut backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outpost = Outpost::start(config(&backend.url(), "", dir.path())).await.unwrap();
+    let client = HttpClient::new(Duration::from_secs(10));
+    let me = format!("http://{}/api/me", outpost.addr());
+    let who = |r: &Collected| r.json()["user"].as_str().unwrap_or("?").to_string();
+
+    let alice = call(&client, &me, &[("cookie", "session=alice; theme=dark")]).await;
+    assert_eq!(who(&alice), "alice");
+    assert_eq!(
+        alice.head.headers[header::SET_COOKIE],
+        "last_seen=alice; Path=/",
+        "the fetching request gets it"
+    );
+    let bob = call(&client, &me, &[("cookie", "session=bob; theme=dark")]).await;
+    assert_eq!(who(&bob), "bob", "not Alice's stored answer");
+    let nobody = call(&client, &me, PLAIN).await;
+    assert_eq!(who(&nobody), "nobody", "no credentials: not Alice's either");
+
+    backend.stop().await;
+    for (cookie, user) in [
+        ("theme=dark; session=alice", "alice"),
+        ("session=bob; theme=dark", "bob"),
+    ] {
+        let r = call(&client, &me, &[("cookie", cookie)]).await;
+        assert_eq!(
+            (r.head.status.as_u16(), who(&r)),
+            (200, user.to_string()),
+            "offline, {user}"
+        );
+        assert!(
+            !r.head.headers.contains_key(header::SET_COOKIE),
+            "a stored Set-Cookie is not replayed"
+        );
+    }
+    let r = call(&client, &me, &[("cookie", "session=mallory")]).await;
+    assert_eq!(r.head.status, 503, "an unknown session gets nobody's answer offline");
     outpost.shutdown().await;
 }

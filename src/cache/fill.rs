@@ -239,11 +239,18 @@ fn commit(
     Ok((key, new_bytes))
 }
 
-/// Headers kept with a stored response: connection-specific and per-hop fields are not (RFC 9111 §3.1).
+/// Headers kept with a stored response: connection-specific and per-hop fields are not (RFC 9111 §3.1),
+/// nor `Set-Cookie` (a session cookie set for one request is never replayed to another; the request
+/// that fetched the answer gets it).
 fn storable_headers(h: &HeaderMap) -> HeaderMap {
     let mut out = h.clone();
     crate::headers::strip_hop_by_hop(&mut out);
-    for name in ["x-outpost-cache", "x-outpost-pending"] {
+    for name in [
+        "x-outpost-cache",
+        "x-outpost-pending",
+        "x-outpost-dead-letters",
+        "set-cookie",
+    ] {
         out.remove(name);
     }
     out

@@ -5,9 +5,11 @@
 //! are left out, so that presigned URLs of one object (`X-Amz-Signature=...`) share an entry. With `Vary`,
 //! each variant lives under `primary \x01 hash(vary values)`; the primary key then holds the list of fields.
 //!
-//! The partition is who the response belongs to: the JWT `sub` of a `Bearer` token, else a hash of the
-//! whole `Authorization` header, else `anon`. One user's responses are never looked up under another's
-//! partition; a refreshed token of the same user (same `sub`) keeps its partition.
+//! The partition is who the response belongs to ([`Partitioner`]): the JWT `sub` of a `Bearer` token
+//! (unless `[cache] partition = "credential"`), else a hash of the whole `Authorization` header, else a
+//! hash of the session cookie's value (`[cache] session_cookie`) or, when none is named, of all the
+//! request's cookies, else `anon`. One user's responses are never looked up under another's partition; a
+//! refreshed token of the same user (same `sub`) keeps its partition.
 
 use base64::Engine;
 use http::{header, HeaderMap, Uri};
@@ -17,22 +19,81 @@ pub use crate::store::{key_partition, VARIANT_SEP};
 /// The partition requests without credentials fall into.
 pub const ANONYMOUS: &str = "anon";
 
-/// Who a request belongs to.
+/// Who a request belongs to, with the default rules (see [`Partitioner`]).
 pub fn partition(headers: &HeaderMap) -> String {
-    let Some(auth) = headers.get(header::AUTHORIZATION) else {
-        return ANONYMOUS.to_string();
-    };
-    let raw = auth.as_bytes();
-    if let Some(sub) = auth
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(jwt_sub)
-    {
-        return format!("sub:{sub}");
+    Partitioner::default().of(headers)
+}
+
+/// How requests are told apart by user.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Partitioner {
+    /// Use a bearer JWT's `sub` claim (unverified: see the README's threat model); `false` hashes the
+    /// whole credential, for devices whose users do not trust each other.
+    pub trust_jwt_sub: bool,
+    /// The cookie that carries the session; `None`: all cookies of a request together identify it.
+    pub session_cookie: Option<String>,
+}
+
+impl Default for Partitioner {
+    fn default() -> Self {
+        Partitioner {
+            trust_jwt_sub: true,
+            session_cookie: None,
+        }
     }
-    // Not a JWT: the credential itself identifies the user (a rotated opaque token starts a new partition).
-    format!("auth:{}", &blake3::hash(raw).to_hex()[..32])
+}
+
+fn hashed(prefix: &str, parts: &[&[u8]]) -> String {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p);
+        h.update(b"\n");
+    }
+    format!("{prefix}:{}", &h.finalize().to_hex()[..32])
+}
+
+impl Partitioner {
+    /// Who a request belongs to.
+    pub fn of(&self, headers: &HeaderMap) -> String {
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            if self.trust_jwt_sub {
+                if let Some(sub) = auth
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(jwt_sub)
+                {
+                    return format!("sub:{sub}");
+                }
+            }
+            // The credential itself identifies the user (a rotated opaque token starts a new partition).
+            // (The same hash as before cookies took part: partitions stored by older versions still match.)
+            return format!("auth:{}", &blake3::hash(auth.as_bytes()).to_hex()[..32]);
+        }
+        let mut cookies: Vec<(&str, &str)> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .map(|(n, v)| (n.trim(), v.trim()))
+            .filter(|(n, _)| !n.is_empty())
+            .collect();
+        match &self.session_cookie {
+            Some(name) => match cookies.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => hashed("cookie", &[v.as_bytes()]),
+                // The session cookie is named and absent: the other cookies are not who the user is.
+                None => ANONYMOUS.to_string(),
+            },
+            None if cookies.is_empty() => ANONYMOUS.to_string(),
+            None => {
+                cookies.sort_unstable();
+                let parts: Vec<Vec<u8>> = cookies.iter().map(|(n, v)| format!("{n}={v}").into_bytes()).collect();
+                let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                hashed("cookie", &refs)
+            }
+        }
+    }
 }
 
 /// The `sub` claim of an (unverified) JWT. Verification is the origin's job; the claim only picks a
@@ -114,6 +175,62 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    fn cookie(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn cookie_sessions_are_users_and_a_named_session_cookie_alone_decides() {
+        let p = Partitioner::default();
+        let alice = p.of(&cookie("session=alice; theme=dark"));
+        assert!(alice.starts_with("cookie:"), "{alice}");
+        assert_ne!(alice, p.of(&cookie("session=bob; theme=dark")));
+        assert_eq!(
+            alice,
+            p.of(&cookie("theme=dark;session=alice")),
+            "order and spacing do not matter"
+        );
+        assert_ne!(alice, ANONYMOUS);
+        let named = Partitioner {
+            session_cookie: Some("session".into()),
+            ..Partitioner::default()
+        };
+        assert_eq!(
+            named.of(&cookie("session=alice; _ga=1")),
+            named.of(&cookie("_ga=2; session=alice")),
+            "only the session cookie counts"
+        );
+        assert_ne!(named.of(&cookie("session=alice")), named.of(&cookie("session=bob")));
+        assert_eq!(named.of(&cookie("_ga=1")), ANONYMOUS);
+        // A credential wins over cookies.
+        let mut both = auth("Bearer opaque");
+        both.insert(header::COOKIE, HeaderValue::from_static("session=alice"));
+        assert!(p.of(&both).starts_with("auth:"));
+    }
+
+    #[test]
+    fn the_credential_mode_does_not_trust_a_jwt_sub() {
+        let strict = Partitioner {
+            trust_jwt_sub: false,
+            session_cookie: None,
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let forged = format!("h.{}.bad", b64.encode(r#"{"sub":"alice"}"#));
+        let real = format!("h.{}.good", b64.encode(r#"{"sub":"alice"}"#));
+        assert_eq!(
+            partition(&auth(&format!("Bearer {forged}"))),
+            "sub:alice",
+            "default: the claim"
+        );
+        assert_ne!(
+            strict.of(&auth(&format!("Bearer {forged}"))),
+            strict.of(&auth(&format!("Bearer {real}"))),
+            "credential mode: a forged sub is another partition"
+        );
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub struct Cache {
     inflight: Mutex<HashMap<Vec<u8>, watch::Receiver<FillState>>>,
     /// Fills nobody reads any more stop when this fires.
     shutdown: ShutdownSignal,
+    partitioner: key::Partitioner,
 }
 
 impl Cache {
@@ -196,12 +197,24 @@ impl Cache {
             verified: Mutex::new(HashSet::new()),
             inflight: Mutex::new(HashMap::new()),
             shutdown,
+            partitioner: key::Partitioner::default(),
         }
     }
 
     /// Private or shared rules.
     pub fn role(&self) -> CacheRole {
         self.role
+    }
+
+    /// Tells users apart with `partitioner` instead of the default rules.
+    pub fn with_partitioner(mut self, partitioner: key::Partitioner) -> Cache {
+        self.partitioner = partitioner;
+        self
+    }
+
+    /// Who a request belongs to.
+    pub fn partition(&self, headers: &HeaderMap) -> String {
+        self.partitioner.of(headers)
     }
 
     /// The stored response for a request, following `Vary`.
@@ -282,6 +295,7 @@ impl Cache {
         crate::headers::strip_hop_by_hop(&mut fresh_headers);
         fresh_headers.remove(header::VIA);
         fresh_headers.remove("x-outpost-cache");
+        fresh_headers.remove(header::SET_COOKIE);
         policy::update_from_304(&mut headers, &fresh_headers);
         hit.entry.set_headers(&headers);
         let now = to_ms(crate::clock::now());

@@ -165,7 +165,7 @@ impl Default for QueueSettings {
 }
 
 /// Cache-wide settings (`[cache]`).
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CacheSettings {
     /// Shared-cache rules (s-maxage, no `private`, Authorization restrictions) instead of private ones.
     pub shared: bool,
@@ -176,6 +176,8 @@ pub struct CacheSettings {
     /// Entries not used for this long are evicted (pins excepted).
     #[serde(serialize_with = "ser_opt_duration")]
     pub max_unused: Option<Duration>,
+    /// How requests are told apart by user (`partition`, `session_cookie`).
+    pub partitioner: crate::cache::key::Partitioner,
 }
 
 impl Default for CacheSettings {
@@ -185,6 +187,7 @@ impl Default for CacheSettings {
             verify_on_read: false,
             auto_evict: true,
             max_unused: None,
+            partitioner: crate::cache::key::Partitioner::default(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct RawCache {
     pub(super) verify_on_read: Option<bool>,
     pub(super) auto_evict: Option<bool>,
     pub(super) max_unused: Option<Spanned<String>>,
+    pub(super) partition: Option<Spanned<String>>,
+    pub(super) session_cookie: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +95,7 @@ pub(super) struct RawRoute {
     pub(super) retain: Option<Spanned<RawRetain>>,
     pub(super) logout: Option<bool>,
     pub(super) upgrade: Option<bool>,
+    pub(super) partition: Option<Spanned<String>>,
     pub(super) queued_status: Option<Spanned<u16>>,
     pub(super) queued_body: Option<String>,
 }

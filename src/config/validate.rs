@@ -13,6 +13,7 @@ use super::{
     default_upstream_config, CacheSettings, Config, ConfigError, EncryptionKey, LogFormat, Overrides, QueueSettings,
     Roots, UpstreamConfig, DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_SIZE, DEFAULT_UPSTREAM_NAME,
 };
+use crate::cache::key::Partitioner;
 use crate::media::{JsonPath, MediaAlias, MediaRewrite};
 use crate::routes::{ConflictPolicy, Retention, RouteConfig, RoutePattern, RoutePolicy, Strategy};
 use crate::units::{parse_duration, parse_size};
@@ -218,6 +219,26 @@ impl RawConfig {
                     verify_on_read: self.cache.verify_on_read.unwrap_or(d.verify_on_read),
                     auto_evict: self.cache.auto_evict.unwrap_or(d.auto_evict),
                     max_unused: cx.opt_duration(&self.cache.max_unused, "cache.max_unused")?,
+                    partitioner: Partitioner {
+                        trust_jwt_sub: cx.keyword(
+                            self.cache.partition.as_ref(),
+                            "cache.partition",
+                            "value",
+                            &[("auto", true), ("credential", false)],
+                            true,
+                        )?,
+                        session_cookie: match &self.cache.session_cookie {
+                            None => None,
+                            Some(c) if is_token(c.get_ref()) => Some(c.get_ref().clone()),
+                            Some(c) => {
+                                return Err(cx.err(
+                                    Some(c.span()),
+                                    "cache.session_cookie",
+                                    format!("{:?} is not a cookie name", c.get_ref()),
+                                ))
+                            }
+                        },
+                    },
                 }
             },
             upstreams,
@@ -654,8 +675,22 @@ fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Res
         },
         logout: raw.logout.unwrap_or(d.logout),
         upgrade: raw.upgrade.unwrap_or(d.upgrade),
+        per_user: cx.keyword(
+            raw.partition.as_ref(),
+            &key("partition"),
+            "value",
+            &[("user", true), ("none", false)],
+            d.per_user,
+        )?,
         rewrite_max: size(&raw.rewrite_max, "rewrite_max", d.rewrite_max)?,
     })
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), what a cookie name must be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Every `{name}` in a template must be a parameter of the route's pattern.

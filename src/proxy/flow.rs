@@ -105,6 +105,15 @@ impl Flow {
         }
     }
 
+    /// Who a request belongs to on this route (everyone alike on a route with `partition = "none"`).
+    pub fn partition(&self, headers: &http::HeaderMap, route: &RouteMatch<'_>) -> String {
+        if route.policy.per_user {
+            self.cache.partition(headers)
+        } else {
+            key::ANONYMOUS.to_string()
+        }
+    }
+
     /// GET/HEAD through the cache, per the route's strategy.
     pub async fn run(
         self: &Arc<Self>,
@@ -113,7 +122,7 @@ impl Flow {
         upstream: &Arc<Upstream>,
         peer: SocketAddr,
     ) -> Answer {
-        let partition = key::partition(&req.headers);
+        let partition = self.partition(&req.headers, route);
         let primary = key::primary_key(&partition, upstream.name(), &req.uri, &route.policy.ignore_query);
         let now = clock::now();
         // Network-only routes never use the store: no lookup.
@@ -253,7 +262,7 @@ impl Flow {
                     });
                 }
                 let primary = key::primary_key(
-                    &key::partition(&req.headers),
+                    &self.partition(&req.headers, route),
                     upstream.name(),
                     &req.uri,
                     &route.policy.ignore_query,
@@ -332,7 +341,7 @@ impl Flow {
             tracing::debug!(?why, url = %req.uri, "response not stored");
             return Ok(Fetched::Full(resp));
         }
-        let partition = key::partition(&req.headers);
+        let partition = self.partition(&req.headers, route);
         let retain = route.policy.retain.as_ref().map(|r| {
             // Groups are per route and per user, so one user's answers never push out another's.
             let group = format!("{}\u{1f}{partition}\u{1f}{}", route.name, route.expand(&r.group));

@@ -123,8 +123,9 @@ impl Proxy {
         let preflight = cors::is_preflight(&method, req.headers());
         let media = media_rules(&route);
         let dead_letters = self.outbox.has_dead_letters();
-        let partition = if route.policy.pins.is_some() || route.policy.logout || dead_letters {
-            key::partition(req.headers())
+        let waiting_auth = self.outbox.waiting_for_credentials();
+        let partition = if route.policy.pins.is_some() || route.policy.logout || dead_letters || waiting_auth {
+            self.flow.partition(req.headers(), &route)
         } else {
             String::new()
         };
@@ -191,7 +192,7 @@ impl Proxy {
         if let Some(auth) = &authorization {
             // A paused queue (401/403 on replay) resumes once the upstream accepts newer credentials.
             if resp.status().is_success() && matches!(outcome, Outcome::Miss | Outcome::Revalidated | Outcome::Bypass) {
-                self.outbox.credentials_accepted(auth);
+                self.outbox.credentials_accepted(&partition, auth);
             }
         }
         if media.any() && method == Method::GET && resp.status() == StatusCode::OK {
@@ -288,7 +289,7 @@ impl Proxy {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string);
-            (req.uri().clone(), host, key::partition(req.headers()))
+            (req.uri().clone(), host, self.flow.partition(req.headers(), route))
         });
         let resp = self
             .forwarder

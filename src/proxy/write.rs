@@ -18,7 +18,7 @@ use serde_json::json;
 use super::error::ProxyError;
 use super::{invalidate, Proxy};
 use crate::body::{self, ProxyBody};
-use crate::cache::{key, Outcome};
+use crate::cache::Outcome;
 use crate::queue::OutboxRecord;
 use crate::queue::QueueError;
 use crate::routes::RouteMatch;
@@ -108,7 +108,7 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&key) {
             headers.insert(HeaderName::from_static("idempotency-key"), v);
         }
-        let partition = key::partition(&parts.headers);
+        let partition = self.flow.partition(&parts.headers, route);
         let ordering_key = route.policy.ordering_key.as_ref().map(|t| route.expand(t));
         let record = || OutboxRecord {
             method: parts.method.to_string(),

@@ -393,19 +393,21 @@ impl Outbox {
         });
     }
 
-    /// The request path saw the upstream accept `authorization`: if the queue waits for newer credentials
-    /// of that user's partition, remember them and resume. Cheap when the queue is not waiting.
-    pub fn credentials_accepted(&self, authorization: &HeaderValue) {
+    /// True while replay waits for newer credentials (the request path then works out partitions).
+    pub fn waiting_for_credentials(&self) -> bool {
+        matches!(self.state(), QueueState::NeedsAuth { .. })
+    }
+
+    /// The request path saw the upstream accept `authorization` from a request of `partition`: if the
+    /// queue waits for newer credentials of that partition, remember them and resume. Cheap when the
+    /// queue is not waiting.
+    pub fn credentials_accepted(&self, partition: &str, authorization: &HeaderValue) {
         let QueueState::NeedsAuth { partition: waiting } = self.state() else {
             return;
         };
-        let mut h = http::HeaderMap::new();
-        h.insert(http::header::AUTHORIZATION, authorization.clone());
-        let partition = crate::cache::key::partition(&h);
         if partition != waiting {
             return;
         }
-        let partition = partition.as_str();
         if let Ok(mut c) = self.credentials.lock() {
             c.insert(partition.to_string(), authorization.clone());
         }
