@@ -312,7 +312,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin } => {
-            let body = outpost::admin::client::get_json(admin.admin, "/api/status")
+            let token = admin.token()?;
+            let body = outpost::admin::client::get_json(admin.admin, "/api/status", &token)
                 .await
                 .with_context(|| {
                     format!(
@@ -321,14 +322,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 })?;
             println!("{}", outpost::admin::client::render_status(&body));
-            if let Ok(stats) = outpost::admin::client::get_json(admin.admin, "/api/stats").await {
+            if let Ok(stats) = outpost::admin::client::get_json(admin.admin, "/api/stats", &token).await {
                 println!("{}", cli::hit_rate_line(&stats));
             }
             println!("dashboard: http://{}/", admin.admin);
-            match admin.token() {
-                Ok(t) => println!("admin token: {t}"),
-                Err(e) => println!("admin token: not readable here ({e:#})"),
-            }
+            println!("admin token: {token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -417,7 +415,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match action {
                 CacheAction::Stats => {
-                    let v = get_json(admin.admin, "/api/stats").await.with_context(not_running)?;
+                    let v = get_json(admin.admin, "/api/stats", &admin.token()?)
+                        .await
+                        .with_context(not_running)?;
                     println!("{}", outpost::admin::client::render_stats(&v));
                 }
                 CacheAction::Clear { kind, partition } => {
@@ -447,7 +447,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             };
             if let QueueAction::List = action {
-                let v = get_json(admin.admin, "/api/queue").await.with_context(not_running)?;
+                let v = get_json(admin.admin, "/api/queue", &admin.token()?)
+                    .await
+                    .with_context(not_running)?;
                 print!("{}", cli::queue_table(&v));
                 return Ok(ExitCode::SUCCESS);
             }

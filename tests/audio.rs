@@ -57,9 +57,13 @@ async fn every_range_form_is_served_from_a_stored_file_even_offline() {
         ("bytes=5-9", vec![("if-range", "\"other\"")], 200, Some((0, SIZE))),
     ];
     let zero_copy = || async {
-        outpost::admin::client::get_json(env.outpost.admin_addr(), "/api/stats")
-            .await
-            .unwrap()["zero_copy_bytes"]
+        outpost::admin::client::get_json(
+            env.outpost.admin_addr(),
+            "/api/stats",
+            &common::admin_token(env.dir.path()),
+        )
+        .await
+        .unwrap()["zero_copy_bytes"]
             .as_u64()
             .unwrap()
     };
@@ -126,9 +130,13 @@ async fn the_same_bytes_under_two_urls_are_one_file_on_disk() {
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == hash))
         .collect();
     assert_eq!(files.len(), 1, "one file for both URLs");
-    let status = outpost::admin::client::get_json(env.outpost.admin_addr(), "/api/status")
-        .await
-        .unwrap();
+    let status = outpost::admin::client::get_json(
+        env.outpost.admin_addr(),
+        "/api/status",
+        &common::admin_token(env.dir.path()),
+    )
+    .await
+    .unwrap();
     assert_eq!(status["cache"]["dedup_saved_bytes"], SIZE as u64);
     env.stop().await;
 }
@@ -327,9 +335,13 @@ async fn a_new_url_for_a_known_audio_file_id_is_answered_from_the_stored_copy() 
         .filter(|p| std::fs::metadata(p).map(|m| m.len() == SIZE as u64).unwrap_or(false))
         .count();
     assert_eq!(audio_files, 2);
-    let stats: serde_json::Value = outpost::admin::client::get_json(env.outpost.admin_addr(), "/api/stats")
-        .await
-        .unwrap();
+    let stats: serde_json::Value = outpost::admin::client::get_json(
+        env.outpost.admin_addr(),
+        "/api/stats",
+        &common::admin_token(env.dir.path()),
+    )
+    .await
+    .unwrap();
     assert!(
         stats["dedup_saved_bytes"].as_u64().unwrap_or(0) >= 2 * SIZE as u64,
         "{stats}"

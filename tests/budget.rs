@@ -15,7 +15,13 @@ async fn stored(env: &TestEnv, path: &str) -> bool {
 }
 
 async fn stats(env: &TestEnv) -> serde_json::Value {
-    get_json(env.outpost.admin_addr(), "/api/stats").await.unwrap()
+    get_json(
+        env.outpost.admin_addr(),
+        "/api/stats",
+        &common::admin_token(env.dir.path()),
+    )
+    .await
+    .unwrap()
 }
 
 fn token(env: &TestEnv) -> String {
@@ -168,14 +174,16 @@ async fn stats_and_metrics_count_outcomes_per_kind() {
     assert_eq!(s["kinds"]["audio"]["hit_rate"], 0.5);
     assert_eq!(s["kinds"]["audio"]["bytes"], MB);
     assert_eq!(s["kinds"]["messages"]["entries"], 1);
+    let metrics = format!("http://{}/metrics", env.outpost.admin_addr());
+    let no_token = env.client.call(Method::GET, &metrics, &[], None).await.unwrap();
+    assert_eq!(
+        no_token.head.status, 401,
+        "metrics need the token unless public_metrics"
+    );
+    let bearer = format!("Bearer {}", common::admin_token(env.dir.path()));
     let m = env
         .client
-        .call(
-            Method::GET,
-            &format!("http://{}/metrics", env.outpost.admin_addr()),
-            &[],
-            None,
-        )
+        .call(Method::GET, &metrics, &[("authorization", &bearer)], None)
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&m.body);

@@ -267,7 +267,13 @@ async fn crash_run(runs: usize, encrypt: bool) {
     let running = start(&cfg);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let q = get_json(running.admin, "/api/queue").await.unwrap();
+        let q = get_json(
+            running.admin,
+            "/api/queue",
+            &common::admin_token(&dir.path().join("data")),
+        )
+        .await
+        .unwrap();
         if q["depth"] == 0 {
             break;
         }

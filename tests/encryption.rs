@@ -204,9 +204,10 @@ async fn an_encrypted_data_dir_holds_no_plaintext_and_refuses_wrong_or_missing_k
     assert_eq!(msgs.head.status, 200);
     assert!(msgs.json()["messages"].as_array().is_some_and(|a| !a.is_empty()));
     assert_eq!(outpost.outbox().depth(), 1);
-    let stats = outpost::admin::client::get_json(outpost.admin_addr(), "/api/stats")
-        .await
-        .unwrap();
+    let stats =
+        outpost::admin::client::get_json(outpost.admin_addr(), "/api/stats", &common::admin_token(env.dir.path()))
+            .await
+            .unwrap();
     assert_eq!(stats["encrypted_at_rest"], true);
 
     env.backend.set_fault(Fault::Up);

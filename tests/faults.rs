@@ -23,7 +23,13 @@ async fn a_full_disk_keeps_serving_stores_nothing_partial_reports_and_recovers()
     assert_eq!(r.head.status, 200);
     assert!(!env.is_stored("/media/s3/renders/a2.mp3").await);
     assert!(!env.is_stored("/api/v1/threads/t2/messages").await);
-    let stats = get_json(env.outpost.admin_addr(), "/api/stats").await.unwrap();
+    let stats = get_json(
+        env.outpost.admin_addr(),
+        "/api/stats",
+        &common::admin_token(env.dir.path()),
+    )
+    .await
+    .unwrap();
     assert!(stats["store_write_errors"].as_u64().unwrap() >= 2, "{stats}");
     let tmp = std::fs::read_dir(env.dir.path().join("blobs/tmp")).unwrap().count();
     assert_eq!(tmp, 0, "no partial blob left behind");

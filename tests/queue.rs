@@ -264,9 +264,56 @@ async fn the_admin_api_lists_pauses_retries_and_drops_with_the_token_only() {
     post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a2"}"#, &[]).await;
     let admin = env.outpost.admin_addr();
     let token = std::fs::read_to_string(env.dir.path().join("admin.token")).unwrap();
-    let list = outpost::admin::client::get_json(admin, "/api/queue").await.unwrap();
+    let list = outpost::admin::client::get_json(admin, "/api/queue", token.trim())
+        .await
+        .unwrap();
     assert_eq!(list["depth"], 2);
     assert_eq!(list["items"][0]["method"], "POST");
+    // Reads need the token too (queued URLs and kept answers may hold secrets), and a page reaching the
+    // port through DNS rebinding (a foreign Host) is refused even with it; the page itself and healthz
+    // are open.
+    for path in ["/api/queue", "/api/status", "/api/stats", "/metrics", "/api/events"] {
+        let r = env
+            .client
+            .call(Method::GET, &format!("http://{admin}{path}"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.head.status, 401, "{path} without the token");
+    }
+    let bearer = format!("Bearer {}", token.trim());
+    let rebound = env
+        .client
+        .call(
+            Method::GET,
+            &format!("http://{admin}/api/queue"),
+            &[("host", "evil.example:8788"), ("authorization", &bearer)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rebound.head.status, 403);
+    for path in ["/", "/healthz"] {
+        let r = env
+            .client
+            .call(Method::GET, &format!("http://{admin}{path}"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.head.status, 200, "{path} is open");
+    }
+    let local = env
+        .client
+        .call(
+            Method::GET,
+            &format!("http://{admin}/api/queue"),
+            &[
+                ("host", &format!("localhost:{}", admin.port())),
+                ("authorization", &bearer),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(local.head.status, 200, "localhost is a loopback name");
     let no = env
         .client
         .call(Method::POST, &format!("http://{admin}/api/queue/pause"), &[], None)
@@ -451,7 +498,11 @@ async fn the_app_learns_of_writes_that_failed_for_good_by_header_and_event_strea
             .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get("/api/events")
-        .header("host", "outpost")
+        .header("host", env.outpost.admin_addr().to_string())
+        .header(
+            "authorization",
+            format!("Bearer {}", common::admin_token(env.dir.path())),
+        )
         .body(outpost::body::empty())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();

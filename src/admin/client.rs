@@ -98,18 +98,9 @@ impl HttpClient {
     }
 }
 
-/// GET a JSON document from `addr`.
-pub async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, ClientError> {
-    let c = HttpClient::new(Duration::from_secs(5));
-    let r = c.call(Method::GET, &format!("http://{addr}{path}"), &[], None).await?;
-    if !r.head.status.is_success() {
-        return Err(ClientError::Answer(format!(
-            "{} {}",
-            r.head.status,
-            String::from_utf8_lossy(&r.body)
-        )));
-    }
-    serde_json::from_slice(&r.body).map_err(|e| ClientError::Answer(e.to_string()))
+/// GET a JSON document from the admin API at `addr` with the admin token.
+pub async fn get_json(addr: SocketAddr, path: &str, token: &str) -> Result<Value, ClientError> {
+    send_admin(addr, Method::GET, path, token, None).await
 }
 
 /// Sends an admin call with the token and returns the JSON answer (errors carry the server's message).

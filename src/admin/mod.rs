@@ -1,9 +1,12 @@
 //! The admin API on its own (loopback by default) port: the dashboard page at `/`, status, stats, metrics,
 //! the queue (and its event stream, [`events`]), the cache and settings.
 //!
-//! Promises: every state-changing call needs the admin token (created on first start in the data dir
-//! with mode 0600, compared in constant time, sent as `Authorization: Bearer <token>` or
-//! `X-Outpost-Token`; no cookies, so no CSRF); a missing or wrong token is a JSON 401.
+//! Promises: every call but the dashboard page itself and `/healthz` (and `/metrics` with
+//! `public_metrics = true`) needs the admin token — reads too, since queued URLs and kept dead-letter
+//! bodies may hold secrets (created on first start in the data dir with mode 0600, compared in constant
+//! time, sent as `Authorization: Bearer <token>` or `X-Outpost-Token`; no cookies, so no CSRF); a missing
+//! or wrong token is a JSON 401. A `Host` that is not a loopback name or the admin address is refused with
+//! 403, so a web page cannot reach the API through DNS rebinding.
 
 pub mod client;
 pub mod events;
@@ -120,6 +123,22 @@ impl Admin {
         presented.is_some_and(|p| same(p.trim().as_bytes(), self.token.as_bytes()))
     }
 
+    /// True for a `Host` naming loopback or the admin address (or no `Host` at all: not a browser).
+    fn host_allowed<B>(&self, req: &Request<B>) -> bool {
+        let Some(host) = req.headers().get(header::HOST) else {
+            return true;
+        };
+        let Ok(host) = host.to_str() else { return false };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip == self.config.admin_listen.ip())
+    }
+
     /// Answers one admin request.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody>
     where
@@ -129,7 +148,21 @@ impl Admin {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-        if method != Method::GET && method != Method::HEAD && !self.authorized(&req) {
+        if !self.host_allowed(&req) {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "Host not allowed: the admin API answers loopback names and its own address only",
+                None,
+            );
+        }
+        let read = method == Method::GET || method == Method::HEAD;
+        let open = read
+            && match segs.as_slice() {
+                [""] | ["index.html"] | ["healthz"] => true,
+                ["metrics"] => self.config.public_metrics,
+                _ => false,
+            };
+        if !open && !self.authorized(&req) {
             return json_error(
                 StatusCode::UNAUTHORIZED,
                 "admin token required (Authorization: Bearer <token>, see `outpost status`)",

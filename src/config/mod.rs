@@ -212,6 +212,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// `/metrics` on the admin port answers without the admin token (for a scraper that cannot send it).
+    pub public_metrics: bool,
     /// Cache-wide settings.
     pub cache: CacheSettings,
     /// Replay settings.

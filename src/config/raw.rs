@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) header_read_timeout: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
+    pub(super) public_metrics: Option<bool>,
     #[serde(default)]
     pub(super) cache: RawCache,
     #[serde(default)]

@@ -211,6 +211,7 @@ impl RawConfig {
                 Duration::from_secs(10),
             )?,
             log_format,
+            public_metrics: self.public_metrics.unwrap_or(false),
             queue: self.queue(&cx)?,
             cache: {
                 let d = CacheSettings::default();

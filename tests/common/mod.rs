@@ -150,6 +150,14 @@ where
 }
 
 /// Config from TOML text with no overrides.
+/// The admin token of a data dir.
+pub fn admin_token(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(outpost::admin::token_path(dir))
+        .expect("admin token")
+        .trim()
+        .to_string()
+}
+
 /// Test logs through `RUST_LOG` (once per test binary).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
