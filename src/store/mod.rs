@@ -13,6 +13,7 @@ mod entry;
 mod memory;
 mod outbox;
 mod pins;
+mod private;
 mod seam;
 mod verify;
 
@@ -129,7 +130,14 @@ impl Store {
             dir: dir.to_path_buf(),
             reason,
         };
-        std::fs::create_dir_all(dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        private::create_private_dir(dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        if let Some(mode) = private::open_to_others(dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data dir is open to other users (cached answers, queued requests and their credentials): chmod 700 it"
+            );
+        }
         let lock = File::options()
             .create(true)
             .truncate(false)
