@@ -58,6 +58,9 @@ async fn proxy_headers_are_rewritten_and_hop_by_hop_fields_dropped() {
                 ("x-app", "kept"),
                 ("x-forwarded-for", "10.0.0.9"),
                 ("via", "1.1 app-proxy"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "host=evil.example"),
+                ("x-original-url", "/admin"),
             ],
             None,
         )
@@ -81,6 +84,12 @@ async fn proxy_headers_are_rewritten_and_hop_by_hop_fields_dropped() {
     assert_eq!(h["x-forwarded-proto"][0], "http");
     assert_eq!(h["via"][0], "1.1 app-proxy, 1.1 outpost");
     assert_eq!(seen["uri"], "/api/v1/echo?x=1");
+    for name in ["x-forwarded-host", "forwarded", "x-original-url"] {
+        assert!(
+            h.get(name).is_none(),
+            "{name} is not in the cache key, so it does not cross: {h}"
+        );
+    }
     assert!(r.header("via").unwrap().contains("outpost"), "responses carry Via too");
     env.stop().await;
 }
@@ -324,6 +333,10 @@ async fn malformed_requests_get_a_4xx() {
     let env = TestEnv::start().await;
     for raw in [
         "GET /../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /media/s3/%2E%2E/secret HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /api/..%2fadmin HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /api/..%5cadmin HTTP/1.1\r\nHost: x\r\n\r\n",
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         "BAD REQUEST LINE\r\n\r\n",
     ] {

@@ -538,6 +538,7 @@ async fn the_app_learns_of_writes_that_failed_for_good_by_header_and_event_strea
     let dead_id = seen[2].1["id"].as_str().unwrap().to_string();
 
     // Any answer to the user whose write died says so; the other user's answers do not.
+    // (While the writes were queued, only their own user saw them as pending: checked below.)
     let get = |auth: String| {
         let env = &env;
         async move {
@@ -563,5 +564,60 @@ async fn the_app_learns_of_writes_that_failed_for_good_by_header_and_event_strea
     env.outpost.outbox().drop_item(&dead_id).unwrap();
     let a = get(ann).await;
     assert!(!a.head.headers.contains_key("x-outpost-dead-letters"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn pending_writes_are_shown_to_their_own_user_only() {
+    let env = TestEnv::start_with(fast_backoff).await;
+    let ann = format!("Bearer {}", make_token("ann", 1));
+    let bob = format!("Bearer {}", make_token("bob", 1));
+    for auth in [&ann, &bob] {
+        let r = env
+            .client
+            .call(
+                Method::GET,
+                &env.url("/api/v1/library"),
+                &[("authorization", auth)],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.head.status, 200);
+    }
+    env.backend.set_fault(Fault::Down);
+    let q = post(
+        &env,
+        "/api/v1/library/items",
+        r#"{"audio_file_id":"a9"}"#,
+        &[("authorization", &ann)],
+    )
+    .await;
+    assert_eq!(q.head.status, 202);
+    let pending = |auth: String| {
+        let env = &env;
+        async move {
+            let r = env
+                .client
+                .call(
+                    Method::GET,
+                    &env.url("/api/v1/library"),
+                    &[("authorization", &auth)],
+                    None,
+                )
+                .await
+                .unwrap();
+            r.head
+                .headers
+                .get("x-outpost-pending")
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(pending(ann.clone()).await.as_deref(), Some("1"));
+    assert_eq!(
+        pending(bob.clone()).await,
+        None,
+        "Bob's library is not waiting on Ann's write"
+    );
     env.stop().await;
 }

@@ -123,7 +123,8 @@ fn ignored(name: &str, ignore: &[String]) -> bool {
     })
 }
 
-/// Query with ignored parameters removed and the rest sorted (order-insensitive matching).
+/// Query with ignored parameters removed and the rest sorted by name (order-insensitive matching); the
+/// values of a repeated name keep their order (`x=1&x=2` is not `x=2&x=1`: many backends read lists so).
 pub fn normalized_query(query: Option<&str>, ignore: &[String]) -> String {
     let Some(q) = query else { return String::new() };
     let mut pairs: Vec<&str> = q
@@ -131,7 +132,8 @@ pub fn normalized_query(query: Option<&str>, ignore: &[String]) -> String {
         .filter(|p| !p.is_empty())
         .filter(|p| !ignored(p.split('=').next().unwrap_or(""), ignore))
         .collect();
-    pairs.sort_unstable();
+    // A stable sort by name alone: repeated names keep their relative order.
+    pairs.sort_by(|a, b| a.split('=').next().cmp(&b.split('=').next()));
     pairs.join("&")
 }
 
@@ -279,5 +281,8 @@ mod tests {
         let a: Uri = "/x?b=2&a=1".parse().unwrap();
         let b: Uri = "/x?a=1&b=2".parse().unwrap();
         assert_eq!(primary_key("p", "u", &a, &[]), primary_key("p", "u", &b, &[]));
+        let k = |q: &str| primary_key("p", "u", &format!("/x?{q}").parse().unwrap(), &[]);
+        assert_eq!(k("x=1&b=0&x=2"), k("b=0&x=1&x=2"), "other names move freely");
+        assert_ne!(k("x=1&x=2"), k("x=2&x=1"), "a repeated name's values keep their order");
     }
 }

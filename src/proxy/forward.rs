@@ -209,6 +209,18 @@ fn outbound(
     };
     parts.uri = upstream_uri(&cfg.url, &parts.uri, route.strip_prefix);
     strip_hop_by_hop(&mut parts.headers);
+    // Fields that make some backends (and frameworks) answer for another host or path: the cache key does
+    // not see them, so a client could store a different answer under this URL. Outpost is the only proxy
+    // in front of the upstream, so nothing legitimate sends them.
+    for name in [
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-original-url",
+        "x-rewrite-url",
+    ] {
+        parts.headers.remove(name);
+    }
     if !cfg.preserve_host {
         if let Some(authority) = cfg.url.authority() {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {

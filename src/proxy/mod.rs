@@ -124,11 +124,13 @@ impl Proxy {
         let media = media_rules(&route);
         let dead_letters = self.outbox.has_dead_letters();
         let waiting_auth = self.outbox.waiting_for_credentials();
-        let partition = if route.policy.pins.is_some() || route.policy.logout || dead_letters || waiting_auth {
-            self.flow.partition(req.headers(), &route)
-        } else {
-            String::new()
-        };
+        let pending_check = cacheable && self.outbox.depth() > 0;
+        let partition =
+            if route.policy.pins.is_some() || route.policy.logout || dead_letters || waiting_auth || pending_check {
+                self.flow.partition(req.headers(), &route)
+            } else {
+                String::new()
+            };
         // Only the list itself (the route's exact path; each query its own list) sets pins.
         let pin_list = (route.policy.pins.is_some() && route.pattern.is_some_and(|p| p.matches_exactly(&path)))
             .then(|| req.uri().query().unwrap_or("").to_string());
@@ -244,8 +246,8 @@ impl Proxy {
                     .insert(HeaderName::from_static("x-outpost-dead-letters"), HeaderValue::from(n));
             }
         }
-        if cacheable {
-            let pending = self.outbox.pending_for(&path);
+        if pending_check {
+            let pending = self.outbox.pending_for(&partition, &path);
             if pending > 0 {
                 resp.headers_mut()
                     .insert(HeaderName::from_static("x-outpost-pending"), HeaderValue::from(pending));
@@ -366,10 +368,24 @@ fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
             "request target must be a path starting with '/'",
         ));
     }
-    if req.uri().path().split('/').any(|seg| seg == "..") {
-        return Err(ProxyError::BadRequest("request path must not contain '..' segments"));
+    if has_dot_dot(req.uri().path()) {
+        return Err(ProxyError::BadRequest(
+            "request path must not contain '..' segments (also percent-encoded or with '\\')",
+        ));
     }
     Ok(())
+}
+
+/// True when a path has a `..` segment once `%2e`, `%2f` and `%5c` are decoded and `\` counts as a
+/// separator (some upstreams and file servers treat them so: `/%2e%2e/`, `..\`).
+fn has_dot_dot(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let decoded = lower
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded.split('/').any(|seg| seg == "..")
 }
 
 fn log_line(

@@ -85,7 +85,8 @@ type AnswerSlot = Arc<Mutex<Option<EnqueueResult>>>;
 
 #[derive(Default)]
 struct Index {
-    /// Pending writes per affected path (their own path and the paths they invalidate).
+    /// Pending writes per user and affected path (their own path and the paths they invalidate), under
+    /// `partition \0 path`.
     paths: HashMap<String, usize>,
     /// Pending items: seq → ordering line.
     pending: std::collections::BTreeMap<u64, Option<String>>,
@@ -185,21 +186,23 @@ impl Outbox {
                 ix.lines.remove(&item.ordering_key);
             }
         }
-        let own = item.uri.split('?').next().unwrap_or("").to_string();
-        for path in std::iter::once(own).chain(item.invalidates.iter().cloned()) {
-            let e = ix.paths.entry(path.clone()).or_insert(0);
+        let own = item.uri.split('?').next().unwrap_or("");
+        for path in std::iter::once(own).chain(item.invalidates.iter().map(String::as_str)) {
+            let key = format!("{}\0{path}", item.partition);
+            let e = ix.paths.entry(key.clone()).or_insert(0);
             *e = e.saturating_add_signed(add);
             if *e == 0 {
-                ix.paths.remove(&path);
+                ix.paths.remove(&key);
             }
         }
     }
 
-    /// Pending writes affecting `path` (for `X-Outpost-Pending`).
-    pub fn pending_for(&self, path: &str) -> usize {
+    /// Pending writes of this user affecting `path` (for `X-Outpost-Pending`; never another user's).
+    pub fn pending_for(&self, partition: &str, path: &str) -> usize {
+        let key = format!("{partition}\0{path}");
         self.index
             .lock()
-            .map(|ix| ix.paths.get(path).copied().unwrap_or(0))
+            .map(|ix| ix.paths.get(&key).copied().unwrap_or(0))
             .unwrap_or(0)
     }
 

@@ -6,6 +6,9 @@ use rocksdb::WriteOptions;
 
 use super::{Store, StoreError};
 
+/// `meta` key of the highest outbox sequence number given out.
+const SEQ_MARK: &[u8] = b"outbox-seq-high";
+
 fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
@@ -22,14 +25,19 @@ impl Store {
         Ok(())
     }
 
-    /// Writes several new records in one synced batch (group commit: one fsync for all).
+    /// Writes several new records in one synced batch (group commit: one fsync for all), with the highest
+    /// sequence number ever given out, so that numbers (and queue ids) never repeat, even after the
+    /// outbox drained and the process restarted.
     pub fn outbox_put_all(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
         let mut batch = rocksdb::WriteBatch::default();
+        let mut high = 0;
         for (seq, record) in records {
+            high = high.max(seq);
             let key = seq.to_be_bytes();
             let v = self.seal(&key, record);
             batch.put_cf(self.cf("outbox"), key, v);
         }
+        batch.put_cf(self.cf("meta"), SEQ_MARK, high.to_be_bytes());
         self.db.write_opt(batch, &synced())?;
         Ok(())
     }
@@ -77,16 +85,19 @@ impl Store {
         }
     }
 
-    /// The highest sequence number in use (0 when empty).
+    /// The highest sequence number ever given out (0 for a new data dir): the larger of the last record
+    /// and the high-water mark (data dirs from before the mark have only the records).
     pub fn outbox_last_seq(&self) -> Result<u64, StoreError> {
         let mut it = self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::End);
-        match it.next() {
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(seq_of(&k))
-            }
-            None => Ok(0),
-        }
+        let last = match it.next() {
+            Some(item) => seq_of(&item?.0),
+            None => 0,
+        };
+        let mark = self
+            .db
+            .get_pinned_cf(self.cf("meta"), SEQ_MARK)?
+            .map_or(0, |v| seq_of(&v));
+        Ok(last.max(mark))
     }
 }
 
@@ -96,4 +107,30 @@ fn seq_of(key: &[u8]) -> u64 {
         b.copy_from_slice(key);
     }
     u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_never_repeat_after_a_drain_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.outbox_last_seq().unwrap(), 0);
+            store
+                .outbox_put_all(vec![(1, b"a".to_vec()), (2, b"b".to_vec())])
+                .unwrap();
+            store.outbox_delete(1).unwrap();
+            store.outbox_delete(2).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.outbox_all().unwrap().is_empty());
+        assert_eq!(
+            store.outbox_last_seq().unwrap(),
+            2,
+            "the drained queue's ids are not given out again"
+        );
+    }
 }
