@@ -214,27 +214,41 @@ async fn other_4xx_answers_become_dead_letters_that_can_be_retried() {
 }
 
 #[tokio::test]
-async fn a_401_pauses_the_queue_until_the_app_uses_a_refreshed_token() {
+async fn a_401_pauses_only_that_users_writes_until_the_app_uses_a_refreshed_token() {
     let env = TestEnv::start_with(fast_backoff).await;
     let old = format!("Bearer {}", make_token("alice", 1));
+    let bob_token = make_token("bob", 1);
+    let bob = format!("Bearer {bob_token}");
+    env.backend.state().accept_token(&bob_token);
     env.backend.set_fault(Fault::Down);
-    let r = post(
-        &env,
-        "/api/v1/library/items",
-        r#"{"audio_file_id":"a6"}"#,
-        &[("authorization", &old)],
-    )
-    .await;
-    assert_eq!(r.head.status, 202);
+    // Alice's write first: in one shared line it would hold Bob's back.
+    for (auth, id) in [(&old, "a6"), (&bob, "a9")] {
+        let body = format!(r#"{{"audio_file_id":"{id}"}}"#);
+        let r = post(&env, "/api/v1/library/items", &body, &[("authorization", auth)]).await;
+        assert_eq!(r.head.status, 202);
+    }
+    // Without credentials a 401 cannot be cured by newer ones: a dead letter with the answer kept.
+    let anon = post(&env, "/api/v1/library/items", r#"{"audio_file_id":"a4"}"#, &[]).await;
+    assert_eq!(anon.head.status, 202);
     env.backend.set_fault(Fault::Unauthorized);
-    wait_until("the queue to pause", 10, || {
-        matches!(
-            env.outpost.outbox().state(),
-            outpost::queue::QueueState::NeedsAuth { .. }
-        )
+    wait_until("Alice to wait and the others to be done", 10, || {
+        env.outpost.outbox().waiting_users() == ["sub:alice"] && env.outpost.outbox().depth() == 1
     })
     .await;
-    assert_eq!(env.outpost.outbox().depth(), 1, "nothing lost while paused");
+    assert_eq!(env.outpost.outbox().state(), outpost::queue::QueueState::Running);
+    assert!(
+        env.backend.state().library_audio_ids().contains(&"a9".to_string()),
+        "Bob's write went on"
+    );
+    let items = env.outpost.outbox().list().unwrap();
+    let dead: Vec<_> = items.iter().filter(|i| i.state.as_str() == "dead_letter").collect();
+    assert_eq!(dead.len(), 1, "{items:?}");
+    assert_eq!(dead[0].response.as_ref().map(|r| r.0), Some(401));
+    assert_eq!(
+        env.outpost.outbox().depth(),
+        1,
+        "nothing of Alice's lost while she waits"
+    );
     // The app refreshes its token (not queued: the auth route has queue = false) and uses it.
     let refreshed = post(&env, "/api/v1/auth/refresh", "{}", &[]).await;
     assert_eq!(refreshed.head.status, 200);
@@ -252,7 +266,7 @@ async fn a_401_pauses_the_queue_until_the_app_uses_a_refreshed_token() {
     assert_eq!(ok.head.status, 200);
     wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
     assert!(env.backend.state().library_audio_ids().contains(&"a6".to_string()));
-    assert_eq!(env.outpost.outbox().state(), outpost::queue::QueueState::Running);
+    assert!(env.outpost.outbox().waiting_users().is_empty());
     env.stop().await;
 }
 

@@ -220,7 +220,12 @@ impl Admin {
             (&Method::GET, ["api", "queue"]) => match self.outbox.list() {
                 Ok(items) => {
                     let items: Vec<Value> = items.iter().map(item_json).collect();
-                    json_ok(json!({"state": self.outbox.state(), "depth": self.outbox.depth(), "items": items}))
+                    json_ok(json!({
+                        "state": self.outbox.state(),
+                        "depth": self.outbox.depth(),
+                        "waiting_for_credentials": self.outbox.waiting_users(),
+                        "items": items,
+                    }))
                 }
                 Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
             },
@@ -375,7 +380,11 @@ impl Admin {
             "data_dir": self.config.data_dir.display().to_string(),
             "max_size": self.config.max_size,
             "upstreams": ups,
-            "queue": {"state": self.outbox.state(), "depth": self.outbox.depth()},
+            "queue": {
+                "state": self.outbox.state(),
+                "depth": self.outbox.depth(),
+                "waiting_for_credentials": self.outbox.waiting_users(),
+            },
             "cache": {"entries": entries, "bytes": bytes, "dedup_saved_bytes": saved},
             "admin_token_file": token_path(&self.config.data_dir).display().to_string(),
         })

@@ -66,6 +66,8 @@ struct Data {
     /// Token accepted while the `Unauthorized` fault is on.
     valid_token: Option<String>,
     token_version: u64,
+    /// More tokens accepted while the `Unauthorized` fault is on.
+    also_valid: Vec<String>,
 }
 
 /// Everything the demo backend knows; shared by its ports.
@@ -138,6 +140,7 @@ impl DemoState {
                 replies: HashMap::new(),
                 valid_token: None,
                 token_version: 1,
+                also_valid: Vec::new(),
             }),
             requests: Mutex::new(HashMap::new()),
             media_generation: AtomicU64::new(0),
@@ -157,6 +160,13 @@ impl DemoState {
             .ok()
             .and_then(|m| m.get(path).copied())
             .unwrap_or(0)
+    }
+
+    /// Under the `Unauthorized` fault, `token` is accepted too (another user whose session is still good).
+    pub fn accept_token(&self, token: &str) {
+        if let Ok(mut d) = self.data.lock() {
+            d.also_valid.push(token.to_string());
+        }
     }
 
     /// Audio file ids in the library, in order.
@@ -220,12 +230,17 @@ impl DemoState {
             }
             Fault::ResetMidBody => (None, true),
             Fault::Unauthorized => {
-                let valid = self.data.lock().ok().and_then(|d| d.valid_token.clone());
+                let (valid, also) = self
+                    .data
+                    .lock()
+                    .map(|d| (d.valid_token.clone(), d.also_valid.clone()))
+                    .unwrap_or_default();
                 let presented = req_auth
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
                 match (valid, presented) {
                     (Some(v), Some(p)) if v == p => (None, false),
+                    (_, Some(p)) if also.iter().any(|t| t == p) => (None, false),
                     _ => (
                         Some(json_resp(StatusCode::UNAUTHORIZED, &json!({"error": "token expired"}))),
                         false,

@@ -135,7 +135,7 @@ impl Proxy {
         if !online {
             return queued("upstream offline".into()).await;
         }
-        if self.outbox.has_pending_in_line(&ordering_key) {
+        if self.outbox.has_pending_in_line(&partition, &ordering_key) {
             // Earlier writes of this line are still queued: going first would reorder them.
             return queued("behind earlier queued writes".into()).await;
         }

@@ -4,8 +4,9 @@
 //! Promises: an item is acknowledged (202) only after its synced RocksDB write; it is removed only after
 //! the upstream answered it; every attempt carries the same `Idempotency-Key`, so a crash between the
 //! upstream's answer and the removal replays it again with that key (at-least-once delivery,
-//! exactly-once effect at a backend that honours the key). Items replay in order (one line by default;
-//! per-route ordering keys make independent lines), higher priority first among lines.
+//! exactly-once effect at a backend that honours the key). Items replay in order (one line per user by
+//! default; per-route ordering keys make independent lines within a user's), higher priority first among
+//! lines. A user whose credentials the upstream refuses (401/403) waits alone: the other users' lines go on.
 
 pub mod backoff;
 mod events;
@@ -28,7 +29,8 @@ use crate::clock::now_ms;
 use crate::config::QueueSettings;
 use crate::store::{Store, StoreError};
 
-/// Why the worker is not replaying.
+/// Whether the worker replays at all (users waiting for newer credentials are kept apart, see
+/// [`Outbox::waiting_users`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum QueueState {
@@ -36,13 +38,10 @@ pub enum QueueState {
     Running,
     /// Paused by the admin.
     Paused,
-    /// The upstream refused the stored credentials (401/403); waiting for the app to send a request the
-    /// upstream accepts with newer credentials of this partition.
-    NeedsAuth {
-        /// The user partition whose credentials were refused.
-        partition: String,
-    },
 }
+
+/// A replay line: one user's writes with one ordering key (`None`: the user's default line).
+type Line = (String, Option<String>);
 
 /// Queue failures.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +65,8 @@ pub struct Outbox {
     state: Mutex<QueueState>,
     /// Newer credentials per partition, learned after a 401/403 pause.
     credentials: Mutex<HashMap<String, HeaderValue>>,
+    /// Users whose stored credentials the upstream refused: their lines wait for newer ones.
+    waiting_auth: Mutex<std::collections::BTreeSet<String>>,
     /// In-memory mirror of what is pending, so the request path never scans the store.
     index: Mutex<Index>,
     /// Serialises enqueue decisions with replay removals, so order checks see a consistent queue. Held
@@ -88,11 +89,11 @@ struct Index {
     /// Pending writes per user and affected path (their own path and the paths they invalidate), under
     /// `partition \0 path`.
     paths: HashMap<String, usize>,
-    /// Pending items: seq → ordering line.
-    pending: std::collections::BTreeMap<u64, Option<String>>,
-    /// Pending items per ordering line (`None` = the global line), oldest first: order checks and the
-    /// replay worker's choice of line heads cost O(lines), not O(queue).
-    lines: HashMap<Option<String>, std::collections::BTreeSet<u64>>,
+    /// Pending items: seq → line.
+    pending: std::collections::BTreeMap<u64, Line>,
+    /// Pending items per line, oldest first: order checks and the replay worker's choice of line heads
+    /// cost O(lines), not O(queue).
+    lines: HashMap<Line, std::collections::BTreeSet<u64>>,
     /// Dead letters per user partition (for `X-Outpost-Dead-Letters`).
     dead: HashMap<String, usize>,
 }
@@ -107,6 +108,7 @@ impl Outbox {
             next_seq: AtomicU64::new(last + 1),
             state: Mutex::new(QueueState::Running),
             credentials: Mutex::new(HashMap::new()),
+            waiting_auth: Mutex::new(std::collections::BTreeSet::new()),
             index: Mutex::new(Index::default()),
             order_lock: Mutex::new(()),
             waiting: Mutex::new(Vec::new()),
@@ -170,20 +172,21 @@ impl Outbox {
 
     fn count_paths(&self, item: &OutboxRecord, add: isize) {
         let mut ix = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let key: Line = (item.partition.clone(), item.ordering_key.clone());
         let changed = if add > 0 {
-            ix.pending.insert(item.seq, item.ordering_key.clone()).is_none()
+            ix.pending.insert(item.seq, key.clone()).is_none()
         } else {
             ix.pending.remove(&item.seq).is_some()
         };
         if changed {
-            let line = ix.lines.entry(item.ordering_key.clone()).or_default();
+            let line = ix.lines.entry(key.clone()).or_default();
             if add > 0 {
                 line.insert(item.seq);
             } else {
                 line.remove(&item.seq);
             }
             if line.is_empty() {
-                ix.lines.remove(&item.ordering_key);
+                ix.lines.remove(&key);
             }
         }
         let own = item.uri.split('?').next().unwrap_or("");
@@ -208,12 +211,15 @@ impl Outbox {
 
     /// True when a new write in `ordering_key`'s line must queue behind pending items to keep order
     /// (`None` is the global line: any pending item).
-    pub fn has_pending_in_line(&self, ordering_key: &Option<String>) -> bool {
+    pub fn has_pending_in_line(&self, partition: &str, ordering_key: &Option<String>) -> bool {
         self.index
             .lock()
             .map(|ix| match ordering_key {
-                None => !ix.pending.is_empty(),
-                Some(_) => ix.lines.contains_key(&None) || ix.lines.contains_key(ordering_key),
+                None => ix.pending.values().any(|(p, _)| p == partition),
+                Some(_) => {
+                    ix.lines.contains_key(&(partition.to_string(), None))
+                        || ix.lines.contains_key(&(partition.to_string(), ordering_key.clone()))
+                }
             })
             .unwrap_or(true)
     }
@@ -396,26 +402,54 @@ impl Outbox {
         });
     }
 
-    /// True while replay waits for newer credentials (the request path then works out partitions).
+    /// True while some user's writes wait for newer credentials (the request path then works out
+    /// partitions).
     pub fn waiting_for_credentials(&self) -> bool {
-        matches!(self.state(), QueueState::NeedsAuth { .. })
+        !self.waiting_auth.lock().map(|w| w.is_empty()).unwrap_or(true)
     }
 
-    /// The request path saw the upstream accept `authorization` from a request of `partition`: if the
-    /// queue waits for newer credentials of that partition, remember them and resume. Cheap when the
-    /// queue is not waiting.
+    /// Users whose writes wait for newer credentials.
+    pub fn waiting_users(&self) -> Vec<String> {
+        self.waiting_auth
+            .lock()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// True when `partition`'s writes wait for newer credentials.
+    pub fn is_waiting(&self, partition: &str) -> bool {
+        self.waiting_auth.lock().is_ok_and(|w| w.contains(partition))
+    }
+
+    /// The upstream refused `partition`'s stored credentials: its lines wait for newer ones.
+    pub(crate) fn wait_for_credentials(&self, partition: &str) {
+        let mut w = self.waiting_auth.lock().unwrap_or_else(|p| p.into_inner());
+        if w.insert(partition.to_string()) {
+            tracing::info!(
+                partition,
+                "stored credentials refused; this user's writes wait for newer ones"
+            );
+        }
+    }
+
+    /// The request path saw the upstream accept `authorization` from a request of `partition`: if that
+    /// user's writes wait for newer credentials, remember them and resume that user. Cheap when nobody
+    /// waits.
     pub fn credentials_accepted(&self, partition: &str, authorization: &HeaderValue) {
-        let QueueState::NeedsAuth { partition: waiting } = self.state() else {
-            return;
-        };
-        if partition != waiting {
+        if !self.is_waiting(partition) {
             return;
         }
         if let Ok(mut c) = self.credentials.lock() {
             c.insert(partition.to_string(), authorization.clone());
         }
-        tracing::info!(partition, "newer credentials accepted upstream; resuming the queue");
-        self.set_state(QueueState::Running);
+        tracing::info!(
+            partition,
+            "newer credentials accepted upstream; resuming this user's writes"
+        );
+        if let Ok(mut w) = self.waiting_auth.lock() {
+            w.remove(partition);
+        }
+        self.wake.notify_one();
     }
 
     /// Credentials to use instead of the stored ones for `partition`.

@@ -114,7 +114,10 @@ impl<D: Delivery> ReplayWorker<D> {
                 return Some(Duration::from_secs(1));
             }
         };
-        let heads: Vec<&OutboxRecord> = items.iter().filter(|i| i.state == ItemState::Pending).collect();
+        let heads: Vec<&OutboxRecord> = items
+            .iter()
+            .filter(|i| i.state == ItemState::Pending && !self.outbox.is_waiting(&i.partition))
+            .collect();
         if heads.is_empty() {
             return Some(IDLE);
         }
@@ -197,9 +200,8 @@ impl<D: Delivery> ReplayWorker<D> {
             Verdict::NeedsAuth { status } => {
                 item.last_error = Some(format!("upstream answered {status}: waiting for newer credentials"));
                 self.save(&item, was_pending);
-                self.outbox.set_state(QueueState::NeedsAuth {
-                    partition: item.partition.clone(),
-                });
+                // Only this user waits; everyone else's writes go on.
+                self.outbox.wait_for_credentials(&item.partition);
             }
         }
     }
@@ -236,6 +238,12 @@ impl<D: Delivery> ReplayWorker<D> {
                     after: self.backoff(item.attempts),
                     error: format!("conflict {code}"),
                 },
+            },
+            // A write without credentials cannot get newer ones: it stops, with the answer kept.
+            401 | 403 if item.partition == crate::cache::key::ANONYMOUS => Verdict::Stop {
+                state: ItemState::DeadLetter,
+                status: code,
+                body,
             },
             401 | 403 => Verdict::NeedsAuth { status: code },
             408 | 425 | 429 => Verdict::Retry {
