@@ -181,23 +181,29 @@ impl Outpost {
         let flow = Arc::new(Flow::new(forwarder.clone(), cache.clone(), shutdown.clone()));
         let replayer = Arc::new(Replayer::new(forwarder.clone(), cache, outbox.clone()));
         let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), replayer).run(shutdown.triggered()));
-        let proxy = Arc::new(Proxy::new(
-            forwarder,
-            flow,
-            outbox.clone(),
-            store.clone(),
-            evictor.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let proxy = Arc::new(
+            Proxy::new(
+                forwarder,
+                flow,
+                outbox.clone(),
+                store.clone(),
+                evictor.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .with_limits(config.body_read_timeout, config.max_buffered_bodies),
+        );
         // Sealed blobs are decrypted in memory, so only plain ones can go from file to socket.
         let regions = (!store.encrypted()).then(|| store.blobs().regions());
         let proxy_server = Server::spawn_with_regions(
             "proxy",
             listener,
             shutdown.clone(),
-            config.shutdown_grace,
-            config.header_read_timeout,
+            server::Limits {
+                grace: config.shutdown_grace,
+                header_read_timeout: config.header_read_timeout,
+                max_connections: config.max_connections,
+            },
             regions,
             move |req, peer| {
                 let proxy = proxy.clone();

@@ -57,6 +57,21 @@ impl ShutdownSignal {
     }
 }
 
+/// What one accept loop bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Drain time at shutdown.
+    pub grace: Duration,
+    /// A request head must arrive within this time, also the first one on a new connection: a
+    /// connection that sends nothing is closed after it.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; the next one waits in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+/// Connections open at once when the caller sets no limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// A running accept loop.
 pub struct Server {
     task: JoinHandle<()>,
@@ -76,7 +91,12 @@ impl Server {
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
-        Self::spawn_with_regions(name, listener, shutdown, grace, header_read_timeout, None, handler)
+        let limits = Limits {
+            grace,
+            header_read_timeout,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        };
+        Self::spawn_with_regions(name, listener, shutdown, limits, None, handler)
     }
 
     /// Same, sending response bytes that lie in `regions` with `sendfile(2)` (see [`crate::sendfile`]).
@@ -84,8 +104,7 @@ impl Server {
         name: &'static str,
         listener: TcpListener,
         shutdown: ShutdownSignal,
-        grace: Duration,
-        header_read_timeout: Duration,
+        limits: Limits,
         regions: Option<Arc<FileRegions>>,
         handler: H,
     ) -> Server
@@ -99,12 +118,20 @@ impl Server {
                 .http1()
                 .timer(TokioTimer::new())
                 // Slowloris: a client must finish its request head within this time.
-                .header_read_timeout(header_read_timeout)
+                .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(256 * 1024);
             let graceful = GracefulShutdown::new();
+            let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
             let stop = shutdown.triggered();
             tokio::pin!(stop);
             loop {
+                let slot = tokio::select! {
+                    _ = &mut stop => break,
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                };
                 let (stream, peer) = tokio::select! {
                     _ = &mut stop => break,
                     accepted = listener.accept() => match accepted {
@@ -123,16 +150,29 @@ impl Server {
                     let fut = handler(req, peer);
                     async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
-                let io = TokioIo::new(ConnIo::new(stream, regions.clone()));
-                let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-                let conn = graceful.watch(conn);
+                let (builder, watcher, regions) = (builder.clone(), graceful.watcher(), regions.clone());
+                let first_byte = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let _slot = slot;
+                    // hyper's header timer starts with a request's first byte: a connection that never
+                    // sends one would hold its slot for ever.
+                    let mut one = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(first_byte, stream.peek(&mut one)).await,
+                        Ok(Ok(1..))
+                    ) {
+                        tracing::debug!(server = name, %peer, "closed: nothing sent within header_read_timeout");
+                        return;
+                    }
+                    let io = TokioIo::new(ConnIo::new(stream, regions));
+                    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
                     }
                 });
             }
             drop(listener);
+            let grace = limits.grace;
             tokio::select! {
                 _ = graceful.shutdown() => {}
                 _ = tokio::time::sleep(grace) => {

@@ -162,3 +162,116 @@ async fn users_are_isolated_through_refresh_and_logout() {
     );
     env.stop().await;
 }
+
+/// Reads until the server closes the connection; returns what came and when it closed (or `None` after
+/// `within`).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<(Duration, String)> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut out)).await {
+        Ok(_) => Some((started.elapsed(), String::from_utf8_lossy(&out).into_owned())),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn silent_and_slow_clients_are_cut_and_connections_and_buffered_bodies_are_bounded() {
+    let env = TestEnv::start_with(|c| {
+        c.header_read_timeout = Duration::from_secs(1);
+        c.body_read_timeout = Duration::from_secs(1);
+        c.max_connections = 8;
+        c.max_buffered_bodies = 1 << 20;
+    })
+    .await;
+    let addr = env.outpost.addr();
+
+    // Connections that send nothing, or nothing more after an answer, are closed.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // All 8 slots are held: a 9th client waits in the backlog until the silent ones are cut.
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /api/v1/threads HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        closed_within(&mut s, Duration::from_secs(10)).await
+    });
+    for (i, s) in silent.iter_mut().enumerate() {
+        let (after, got) = closed_within(s, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("silent {i} still open"));
+        assert!(got.is_empty(), "{got}");
+        assert!(after <= Duration::from_secs(3), "silent {i} closed after {after:?}");
+    }
+    let (_, answer) = waiting
+        .await
+        .unwrap()
+        .expect("the 9th client is served once slots free up");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    println!(
+        "9th client served after {:?} (8 silent connections held every slot)",
+        started.elapsed()
+    );
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /api/v1/threads HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (after, got) = closed_within(&mut idle, Duration::from_secs(5))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    println!("idle keep-alive connection closed after {after:?}");
+
+    // A write body trickling in (a byte every 300 ms, never pausing a whole second) is cut with a 408.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /api/v1/library/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let answer = trickle.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Unfinished write bodies may hold 1 MiB in all: the third 600 KB one gets a 503 with Retry-After.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /api/v1/library/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&vec![b' '; 500_000]).await.unwrap();
+        held.push(s);
+        let _ = i;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = raw(
+        &env,
+        &[
+            b"POST /api/v1/library/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 600000\r\nConnection: close\r\n\r\n".as_slice(),
+            &vec![b' '; 600_000],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    drop(held);
+    assert_eq!(env.get("/api/v1/threads").await.head.status, 200, "still serving");
+    env.stop().await;
+}

@@ -214,6 +214,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `/metrics` on the admin port answers without the admin token (for a scraper that cannot send it).
     pub public_metrics: bool,
+    /// App connections open at once (more wait in the listen backlog).
+    pub max_connections: usize,
+    /// Longest pause inside a request body, and the longest a write body being read to be queued may
+    /// take in all.
+    #[serde(serialize_with = "ser_duration")]
+    pub body_read_timeout: Duration,
+    /// Bytes of write bodies held in memory at once while they are read to be queued; beyond it a write
+    /// gets a 503 with `Retry-After`.
+    pub max_buffered_bodies: u64,
     /// Cache-wide settings.
     pub cache: CacheSettings,
     /// Replay settings.

@@ -21,6 +21,9 @@ pub struct RawConfig {
     pub(super) header_read_timeout: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
     pub(super) public_metrics: Option<bool>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) body_read_timeout: Option<Spanned<String>>,
+    pub(super) max_buffered_bodies: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) cache: RawCache,
     #[serde(default)]

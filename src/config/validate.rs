@@ -212,6 +212,16 @@ impl RawConfig {
             )?,
             log_format,
             public_metrics: self.public_metrics.unwrap_or(false),
+            max_connections: match &self.max_connections {
+                None => crate::server::DEFAULT_MAX_CONNECTIONS,
+                Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+                Some(n) => return Err(cx.err(Some(n.span()), "max_connections", "must be between 1 and 1000000")),
+            },
+            body_read_timeout: cx.duration(&self.body_read_timeout, "body_read_timeout", Duration::from_secs(30))?,
+            max_buffered_bodies: match &self.max_buffered_bodies {
+                None => 64 << 20,
+                Some(v) => parse_size(v.get_ref()).map_err(|r| cx.err(Some(v.span()), "max_buffered_bodies", r))?,
+            },
             queue: self.queue(&cx)?,
             cache: {
                 let d = CacheSettings::default();

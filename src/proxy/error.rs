@@ -36,6 +36,13 @@ pub enum ProxyError {
     /// The request body broke while being read.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// The request body paused longer than `body_read_timeout`, or a write body took longer than that in
+    /// all: 408, connection closed.
+    #[error("request body too slow: not sent within body_read_timeout")]
+    BodyTimeout,
+    /// Outpost holds as many unfinished write bodies as `max_buffered_bodies` allows: 503 + Retry-After.
+    #[error("too many unfinished write bodies at once; retry shortly")]
+    Overloaded,
     /// An exchange with the upstream failed: 504 when it accepted and went silent, else 502.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -95,7 +102,8 @@ impl ProxyError {
     /// Where the failure came from.
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::BodyUnreadable => Fault::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::BodyUnreadable | ProxyError::BodyTimeout => Fault::Downstream,
+            ProxyError::Overloaded => Fault::Internal,
             ProxyError::Upstream(_)
             | ProxyError::Garbage { .. }
             | ProxyError::Offline { .. }
@@ -115,6 +123,18 @@ impl ProxyError {
                 resp
             }
             ProxyError::BodyUnreadable => json_error(StatusCode::BAD_REQUEST, "request body could not be read", None),
+            ProxyError::BodyTimeout => {
+                let mut resp = json_error(StatusCode::REQUEST_TIMEOUT, &self.to_string(), None);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
+            ProxyError::Overloaded => {
+                let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, &self.to_string(), None);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp
+            }
             ProxyError::Upstream(e) => {
                 let status = match e {
                     UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -56,6 +56,10 @@ pub struct Proxy {
     prefetch: prefetch::Prefetcher,
     tunnels: tunnel::Tunnels,
     cors: cors::Cors,
+    /// Longest pause inside a request body; longest read of a write body in all.
+    body_read_timeout: std::time::Duration,
+    /// Bytes of write bodies held while they are read to be queued (one permit per byte).
+    buffered: Arc<tokio::sync::Semaphore>,
     store: Arc<Store>,
     evictor: Arc<Evictor>,
     metrics: Arc<Metrics>,
@@ -78,6 +82,8 @@ impl Proxy {
             prefetch: prefetch::Prefetcher::new(shutdown.clone()),
             tunnels: tunnel::Tunnels::new(shutdown),
             cors: cors::Cors::new(store.clone()),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            buffered: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
             forwarder,
             flow,
             outbox,
@@ -85,6 +91,16 @@ impl Proxy {
             evictor,
             metrics,
         }
+    }
+
+    /// Bounds what a client can make the proxy hold: `body_read_timeout` and `max_buffered_bodies`.
+    pub fn with_limits(mut self, body_read_timeout: std::time::Duration, max_buffered_bodies: u64) -> Proxy {
+        self.body_read_timeout = body_read_timeout;
+        let permits = usize::try_from(max_buffered_bodies)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        self.buffered = Arc::new(tokio::sync::Semaphore::new(permits));
+        self
     }
 
     /// The outbox.
@@ -142,6 +158,10 @@ impl Proxy {
                     .map(|h| format!("http://{h}"))
             })
             .flatten();
+        // A request body may not pause longer than body_read_timeout (a byte now and then must not hold a
+        // connection and its buffers for ever).
+        let idle = self.body_read_timeout;
+        let req = req.map(|b| body::boxed(body::IdleTimeout::new(body::boxed(b), idle)));
         let answer = if route.policy.upgrade && tunnel::wants_upgrade(req.headers()) {
             let tunnelled = self.tunnels.open_tunnel(req, &self.forwarder, &route, &upstream, peer);
             tunnelled.await.map(|r| (r, Outcome::Bypass))

@@ -74,12 +74,36 @@ impl Proxy {
         // Read up to max_body; a longer body without a declared length is streamed on, unqueueable.
         let mut buf = bytes::BytesMut::new();
         let mut overflow = None;
-        while let Some(frame) = body.frame().await {
-            let f = frame.map_err(|_| ProxyError::BodyUnreadable)?;
+        // What the buffer holds counts against max_buffered_bodies until this write is answered.
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let deadline = tokio::time::Instant::now() + self.body_read_timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(ProxyError::BodyTimeout),
+                Ok(None) => break,
+                Ok(Some(frame)) => frame,
+            };
+            let f = frame.map_err(|e| {
+                if e.is::<body::BodyStalled>() {
+                    ProxyError::BodyTimeout
+                } else {
+                    ProxyError::BodyUnreadable
+                }
+            })?;
             if let Ok(d) = f.into_data() {
                 if buf.len() + d.len() > max as usize {
                     overflow = Some(d);
                     break;
+                }
+                let n = u32::try_from(d.len()).map_err(|_| ProxyError::Overloaded)?;
+                let permit = self
+                    .buffered
+                    .clone()
+                    .try_acquire_many_owned(n)
+                    .map_err(|_| ProxyError::Overloaded)?;
+                match &mut held {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
                 }
                 buf.extend_from_slice(&d);
             }
