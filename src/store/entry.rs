@@ -299,7 +299,11 @@ impl Store {
         let entries = self.cf("entries");
         let blobs = self.cf("blobs");
         let old = self.entry(key)?;
-        let same_blob = old.as_ref().is_some_and(|o| o.blob == blob.hash);
+        // An answer that starts to vary: the plain entry at the primary key is replaced by the list of
+        // fields, so its blob reference and group index go with it (in this batch).
+        let replaced_primary = if key != primary { self.entry(primary)? } else { None };
+        // An entry whose body retention dropped holds no reference any more (it was released then).
+        let same_blob = old.as_ref().is_some_and(|o| o.blob == blob.hash && !o.body_dropped);
         let existing = self.blob_record(&blob.hash)?;
         let new_blob = existing.is_none();
         if new_blob && !self.blob_file_present(blob) {
@@ -310,23 +314,46 @@ impl Store {
                 format!("blob {} was evicted while this fill finished; not stored", blob.hash),
             )));
         }
+        // Refcount changes per blob, applied once each (two changes to one blob in one batch must add up).
+        let mut deltas: Vec<(String, i64)> = Vec::new();
+        let mut change = |hash: &str, d: i64| match deltas.iter_mut().find(|(h, _)| h == hash) {
+            Some((_, n)) => *n += d,
+            None => deltas.push((hash.to_string(), d)),
+        };
         if !same_blob {
-            let mut rec = existing.unwrap_or(BlobRecord {
-                size: blob.size,
-                refcount: 0,
-            });
-            rec.refcount += 1;
-            batch.put_cf(blobs, blob.hash.as_bytes(), Self::encode(&rec));
-            if let Some(o) = &old {
-                if let Some(mut r) = self.blob_record(&o.blob)? {
-                    r.refcount = r.refcount.saturating_sub(1);
-                    batch.put_cf(blobs, o.blob.as_bytes(), Self::encode(&r));
-                }
+            change(&blob.hash, 1);
+            if let Some(o) = old.as_ref().filter(|o| !o.body_dropped) {
+                change(&o.blob, -1);
             }
         }
-        if let Some(o) = &old {
-            if let Some(g) = &o.group {
-                batch.delete_cf(self.cf("groups"), group_index_key(g, o.response_time_ms, key));
+        if let Some(p) = &replaced_primary {
+            if !p.body_dropped {
+                change(&p.blob, -1);
+            }
+        }
+        for (hash, d) in deltas {
+            if d == 0 {
+                continue;
+            }
+            let rec = if hash == blob.hash {
+                existing.or(Some(BlobRecord {
+                    size: blob.size,
+                    refcount: 0,
+                }))
+            } else {
+                self.blob_record(&hash)?
+            };
+            if let Some(mut r) = rec {
+                r.refcount = (r.refcount as i64 + d).max(0) as _;
+                batch.put_cf(blobs, hash.as_bytes(), Self::encode(&r));
+            }
+        }
+        for (o, k) in [(&old, key), (&replaced_primary, primary)] {
+            if let Some(g) = o
+                .as_ref()
+                .and_then(|o| o.group.as_ref().map(|g| (g, o.response_time_ms)))
+            {
+                batch.delete_cf(self.cf("groups"), group_index_key(g.0, g.1, k));
             }
         }
         if let Some(g) = &entry.group {
@@ -769,6 +796,41 @@ mod tests {
         store.remove_entry(b"k2").unwrap();
         assert_eq!(store.blob_info(&blob.hash).unwrap().unwrap().refcount, 0);
         assert_eq!(store.dedup_saved().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_answer_that_starts_to_vary_releases_the_plain_entry_and_verify_stays_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob_of = |bytes: &[u8]| {
+            let mut w = store.blobs().begin().unwrap();
+            w.write(bytes).unwrap();
+            store.blobs().finish(w).unwrap()
+        };
+        let plain = blob_of(&[1u8; 500]);
+        let variant = blob_of(&[2u8; 500]);
+        store.commit_entry(b"p", b"p", &[], &entry(&plain), &plain).unwrap();
+        // The same URL now answers with `Vary: accept-language`: the entry moves under a variant key.
+        let fields = vec!["accept-language".to_string()];
+        store
+            .commit_entry(b"p", b"p\x01v1", &fields, &entry(&variant), &variant)
+            .unwrap();
+        assert_eq!(
+            store.blob_info(&plain.hash).unwrap().unwrap().refcount,
+            0,
+            "the plain body is released"
+        );
+        assert_eq!(store.blob_info(&variant.hash).unwrap().unwrap().refcount, 1);
+        // Same bytes for a second variant and again under the first: counted once per entry.
+        store
+            .commit_entry(b"p", b"p\x01v2", &fields, &entry(&variant), &variant)
+            .unwrap();
+        store
+            .commit_entry(b"p", b"p\x01v1", &fields, &entry(&variant), &variant)
+            .unwrap();
+        assert_eq!(store.blob_info(&variant.hash).unwrap().unwrap().refcount, 2);
+        let report = store.verify(false).unwrap();
+        assert_eq!(report.problems(), 0, "{report:?}");
     }
 
     #[test]
