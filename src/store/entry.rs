@@ -642,6 +642,26 @@ impl Store {
         Ok(())
     }
 
+    /// A blob failed verification: every entry pointing at it goes, then its record and file, so nothing
+    /// is left that serves it or that `verify` would find dangling. Returns how many entries went.
+    /// Corruption is rare, so finding the entries is a scan.
+    pub fn drop_corrupt_blob(&self, hash: &str) -> Result<usize, StoreError> {
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            if let Some(Record::Entry(e)) = self.decode_record(&k, &v) {
+                if e.blob == hash && !e.body_dropped {
+                    keys.push(k.to_vec());
+                }
+            }
+        }
+        for k in &keys {
+            self.remove_entry(k)?;
+        }
+        self.delete_blob(hash)?;
+        Ok(keys.len())
+    }
+
     /// Entry keys whose kind and/or partition match (for clearing).
     pub fn entry_keys_where(&self, kind: Option<&str>, partition: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
@@ -829,6 +849,23 @@ mod tests {
             .commit_entry(b"p", b"p\x01v1", &fields, &entry(&variant), &variant)
             .unwrap();
         assert_eq!(store.blob_info(&variant.hash).unwrap().unwrap().refcount, 2);
+        let report = store.verify(false).unwrap();
+        assert_eq!(report.problems(), 0, "{report:?}");
+    }
+
+    #[test]
+    fn a_corrupt_blob_takes_every_entry_using_it_and_leaves_verify_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.blobs().begin().unwrap();
+        w.write(&[9u8; 3000]).unwrap();
+        let blob = store.blobs().finish(w).unwrap();
+        store.commit_entry(b"k1", b"k1", &[], &entry(&blob), &blob).unwrap();
+        store.commit_entry(b"k2", b"k2", &[], &entry(&blob), &blob).unwrap();
+        std::fs::write(store.blobs().path(&blob.hash).unwrap(), [0u8; 3000]).unwrap();
+        assert_eq!(store.drop_corrupt_blob(&blob.hash).unwrap(), 2);
+        assert!(store.entry(b"k1").unwrap().is_none() && store.entry(b"k2").unwrap().is_none());
+        assert!(store.blob_info(&blob.hash).unwrap().is_none());
         let report = store.verify(false).unwrap();
         assert_eq!(report.problems(), 0, "{report:?}");
     }

@@ -161,7 +161,8 @@ impl Storage for DiskStorage {
         self.0.invalidate(primary)
     }
 
-    fn verify_body(&self, key: &[u8], entry: &Entry) -> Result<bool, StoreError> {
+    fn verify_body(&self, _key: &[u8], entry: &Entry) -> Result<bool, StoreError> {
+        // Every entry using the blob goes, `_key`'s among them.
         let id = BlobId {
             hash: entry.blob.clone(),
             size: entry.size,
@@ -169,9 +170,8 @@ impl Storage for DiskStorage {
         if self.0.blobs().verify(&id)? {
             return Ok(true);
         }
-        tracing::error!(blob = %id.hash, "blob failed verification; dropping it and its entry");
-        self.0.remove_entry(key)?;
-        self.0.blobs().remove(&id.hash)?;
+        let dropped = self.0.drop_corrupt_blob(&id.hash)?;
+        tracing::error!(blob = %id.hash, entries = dropped, "blob failed verification; dropped it and every entry using it");
         Ok(false)
     }
 
