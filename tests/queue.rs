@@ -16,6 +16,14 @@ fn fast_backoff(c: &mut outpost::config::Config) {
     c.queue.backoff_cap = Duration::from_millis(200);
 }
 
+/// A GET as the user of `auth` (`Bearer ...`).
+async fn get_as(env: &TestEnv, path: &str, auth: &str) -> Collected {
+    env.client
+        .call(Method::GET, &env.url(path), &[("authorization", auth)], None)
+        .await
+        .expect("request")
+}
+
 async fn post(env: &TestEnv, path: &str, body: &str, headers: &[(&str, &str)]) -> Collected {
     let mut h = vec![("content-type", "application/json")];
     h.extend_from_slice(headers);
@@ -253,16 +261,7 @@ async fn a_401_pauses_only_that_users_writes_until_the_app_uses_a_refreshed_toke
     let refreshed = post(&env, "/api/v1/auth/refresh", "{}", &[]).await;
     assert_eq!(refreshed.head.status, 200);
     let new = format!("Bearer {}", refreshed.json()["token"].as_str().unwrap());
-    let ok = env
-        .client
-        .call(
-            Method::GET,
-            &env.url("/api/v1/threads"),
-            &[("authorization", &new)],
-            None,
-        )
-        .await
-        .unwrap();
+    let ok = get_as(&env, "/api/v1/threads", &new).await;
     assert_eq!(ok.head.status, 200);
     wait_until("the queue to drain", 10, || env.outpost.outbox().depth() == 0).await;
     assert!(env.backend.state().library_audio_ids().contains(&"a6".to_string()));
@@ -553,30 +552,16 @@ async fn the_app_learns_of_writes_that_failed_for_good_by_header_and_event_strea
 
     // Any answer to the user whose write died says so; the other user's answers do not.
     // (While the writes were queued, only their own user saw them as pending: checked below.)
-    let get = |auth: String| {
-        let env = &env;
-        async move {
-            env.client
-                .call(
-                    Method::GET,
-                    &env.url("/api/v1/library"),
-                    &[("authorization", &auth)],
-                    None,
-                )
-                .await
-                .unwrap()
-        }
-    };
-    let a = get(ann.clone()).await;
+    let a = get_as(&env, "/api/v1/library", &ann).await;
     assert_eq!(a.head.headers["x-outpost-dead-letters"], "1");
-    let b = get(bob.clone()).await;
+    let b = get_as(&env, "/api/v1/library", &bob).await;
     assert!(
         !b.head.headers.contains_key("x-outpost-dead-letters"),
         "not another user's"
     );
     // Dropped on the dashboard: the header goes.
     env.outpost.outbox().drop_item(&dead_id).unwrap();
-    let a = get(ann).await;
+    let a = get_as(&env, "/api/v1/library", &ann).await;
     assert!(!a.head.headers.contains_key("x-outpost-dead-letters"));
     env.stop().await;
 }
@@ -587,16 +572,7 @@ async fn pending_writes_are_shown_to_their_own_user_only() {
     let ann = format!("Bearer {}", make_token("ann", 1));
     let bob = format!("Bearer {}", make_token("bob", 1));
     for auth in [&ann, &bob] {
-        let r = env
-            .client
-            .call(
-                Method::GET,
-                &env.url("/api/v1/library"),
-                &[("authorization", auth)],
-                None,
-            )
-            .await
-            .unwrap();
+        let r = get_as(&env, "/api/v1/library", auth).await;
         assert_eq!(r.head.status, 200);
     }
     env.backend.set_fault(Fault::Down);
@@ -611,16 +587,7 @@ async fn pending_writes_are_shown_to_their_own_user_only() {
     let pending = |auth: String| {
         let env = &env;
         async move {
-            let r = env
-                .client
-                .call(
-                    Method::GET,
-                    &env.url("/api/v1/library"),
-                    &[("authorization", &auth)],
-                    None,
-                )
-                .await
-                .unwrap();
+            let r = get_as(env, "/api/v1/library", &auth).await;
             r.head
                 .headers
                 .get("x-outpost-pending")

@@ -51,11 +51,6 @@ impl Tunnels {
         }
     }
 
-    /// Open tunnels now.
-    pub fn open(&self) -> usize {
-        MAX_TUNNELS - self.slots.available_permits()
-    }
-
     /// Forwards the handshake; on `101` spawns the byte copy and returns the `101` for the client.
     pub async fn open_tunnel<B>(
         &self,

@@ -215,7 +215,7 @@ impl Outbox {
         self.index
             .lock()
             .map(|ix| match ordering_key {
-                None => ix.pending.values().any(|(p, _)| p == partition),
+                None => ix.lines.keys().any(|(p, _)| p == partition),
                 Some(_) => {
                     ix.lines.contains_key(&(partition.to_string(), None))
                         || ix.lines.contains_key(&(partition.to_string(), ordering_key.clone()))
