@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use outpost::import::ImportReport;
-use outpost::store::VerifyReport;
+use outpost::store::{Salvaged, VerifyReport};
 
 /// `outpost verify`'s table.
 pub fn verify_report(r: &VerifyReport, temp_files: usize) -> String {
@@ -35,6 +35,21 @@ pub fn verify_report(r: &VerifyReport, temp_files: usize) -> String {
         );
     }
     out
+}
+
+/// What `outpost verify --repair` says after rebuilding a damaged database.
+pub fn salvage_report(s: &Salvaged, data_dir: &std::path::Path) -> String {
+    if s.set_aside.is_empty() {
+        return "rebuilt the database; every file could be read\n".to_string();
+    }
+    let lost = data_dir.join("db").join("lost");
+    format!(
+        "rebuilt the database; {} unreadable file(s) set aside in {} ({}): cached answers in them \
+         will be fetched again, queued writes in them are lost (the count below is what remains)\n",
+        s.set_aside.len(),
+        lost.display(),
+        s.set_aside.join(", ")
+    )
 }
 
 /// The hit-rate line of `outpost status`, from `/api/stats`.

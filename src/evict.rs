@@ -240,6 +240,23 @@ impl Evictor {
         Ok(freed)
     }
 
+    /// Removes every stored answer for one URL (`url_key`: a primary key without its partition), all
+    /// its `Vary` variants, in `partition` or in all. Returns (entries removed, bytes freed). Blocking.
+    pub fn purge(&self, url_key: &[u8], partition: Option<&str>) -> Result<(usize, u64), StoreError> {
+        let mut removed = 0;
+        let mut freed = 0;
+        for k in self.store.url_keys(url_key, partition)? {
+            if self.store.entry(&k)?.is_some() {
+                freed += self.remove_entry(&k, EvictReason::Cleared)?;
+                removed += 1;
+            } else {
+                // The record listing a varying answer's fields.
+                self.store.remove_entry(&k)?;
+            }
+        }
+        Ok((removed, freed))
+    }
+
     /// Applies per-group retention after a commit into `group` (blocking): bodies beyond the newest
     /// `keep_last` are dropped and blobs left without references are deleted at once.
     pub fn retain(&self, group: &str, keep_last: usize, drop: RetainDrop) -> Result<u64, StoreError> {

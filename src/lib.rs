@@ -161,6 +161,8 @@ impl Outpost {
             config.cache.max_unused,
         )?);
         let evict_task = tokio::spawn(evictor.clone().run(shutdown.triggered()));
+        // A store that stopped taking writes (disk full) is probed until it takes them again.
+        tokio::spawn(store::watch_health(store.clone(), shutdown.triggered()));
         evictor.wake();
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(
@@ -171,7 +173,8 @@ impl Outpost {
                 config.cache.verify_on_read,
                 shutdown.clone(),
             )
-            .with_partitioner(config.cache.partitioner.clone()),
+            .with_partitioner(config.cache.partitioner.clone())
+            .with_offline_stale(config.cache.offline_stale),
         );
         for upstream in upstreams.iter() {
             tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
@@ -191,7 +194,8 @@ impl Outpost {
                 metrics.clone(),
                 shutdown.clone(),
             )
-            .with_limits(config.body_read_timeout, config.max_buffered_bodies),
+            .with_limits(config.body_read_timeout, config.max_buffered_bodies)
+            .with_purge(config.cache.allow_purge),
         );
         // Sealed blobs are decrypted in memory, so only plain ones can go from file to socket.
         let regions = (!store.encrypted()).then(|| store.blobs().regions());

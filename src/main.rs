@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use outpost::config::{Config, EncryptionKey, LogFormat, Overrides};
 use outpost::demo::{DemoBackend, DemoOptions};
+use outpost::store::StoreError;
 use outpost::Outpost;
 
 /// Offline-first caching reverse proxy for apps.
@@ -139,13 +140,13 @@ enum Command {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// Admin address of the running instance.
-    #[arg(long, default_value = outpost::config::DEFAULT_ADMIN)]
+    #[arg(long, global = true, default_value = outpost::config::DEFAULT_ADMIN)]
     admin: SocketAddr,
     /// Admin token [default: read from DATA_DIR/admin.token].
-    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Data directory holding admin.token.
-    #[arg(long, env = "OUTPOST_DATA_DIR", default_value = outpost::config::DEFAULT_DATA_DIR)]
+    #[arg(long, global = true, env = "OUTPOST_DATA_DIR", default_value = outpost::config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 }
 
@@ -176,6 +177,15 @@ enum CacheAction {
         #[arg(long)]
         kind: Option<String>,
         /// Clear only this partition (e.g. sub:alice).
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    /// Remove every stored answer for one URL (all its Vary variants), for every user or one.
+    Purge {
+        /// The URL as the app asks for it: a path with its query (/api/v1/library?page=2) or an
+        /// absolute URL on Outpost.
+        url: String,
+        /// Only this user's partition (e.g. sub:alice).
         #[arg(long)]
         partition: Option<String>,
     },
@@ -344,8 +354,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(e)) => Some(EncryptionKey::from_env(&e).map_err(anyhow::Error::msg)?),
                 (None, None) => None,
             };
-            let store = outpost::store::Store::open_with_key(&data_dir, key.as_ref().map(|k| k.bytes()))
-                .with_context(|| format!("opening {}", data_dir.display()))?;
+            let open = || outpost::store::Store::open_with_key(&data_dir, key.as_ref().map(|k| k.bytes()));
+            let store = match open() {
+                Err(StoreError::Damaged { reason, .. }) if repair => {
+                    // RocksDB cannot open it: rebuild from what can be read, then the usual repair.
+                    println!("the database is damaged ({reason}); salvaging what can be read");
+                    let salvaged = outpost::store::Store::salvage(&data_dir)
+                        .with_context(|| format!("salvaging {}", data_dir.display()))?;
+                    print!("{}", cli::salvage_report(&salvaged, &data_dir));
+                    open().with_context(|| format!("opening {} after salvage", data_dir.display()))?
+                }
+                other => other.with_context(|| format!("opening {}", data_dir.display()))?,
+            };
             let report = store.verify(repair).context("verifying")?;
             print!("{}", cli::verify_report(&report, tmp));
             if report.problems() == 0 {
@@ -432,6 +452,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "cleared {} entries, freed {} bytes",
                         v["cleared_entries"], v["freed_bytes"]
+                    );
+                }
+                CacheAction::Purge { url, partition } => {
+                    let mut q = form_urlencoded::Serializer::new(String::new());
+                    q.append_pair("url", &url);
+                    if let Some(p) = &partition {
+                        q.append_pair("partition", p);
+                    }
+                    let path = format!("/api/cache?{}", q.finish());
+                    let v = outpost::admin::client::admin_call(admin.admin, Method::DELETE, &path, &admin.token()?)
+                        .await
+                        .with_context(not_running)?;
+                    println!(
+                        "purged {} entries for {url}, freed {} bytes",
+                        v["purged_entries"], v["freed_bytes"]
                     );
                 }
             }

@@ -146,6 +146,20 @@ impl RoutePattern {
     }
 }
 
+/// Whether a stale stored answer whose origin forbade serving it stale (RFC 9111 §4.2.4:
+/// `must-revalidate`, `no-cache`; in a shared cache also `proxy-revalidate`, `s-maxage`) may still
+/// answer when the origin cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfflineStale {
+    /// The offline-first default: the user's data beats an error page (Rails sends
+    /// `max-age=0, private, must-revalidate` on everything).
+    #[default]
+    Always,
+    /// To the letter: never; a 504 instead, online or offline.
+    Rfc,
+}
+
 /// How a route answers GETs .
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -238,6 +252,8 @@ pub struct RoutePolicy {
     /// Requests asking for a protocol switch (`Connection: upgrade`, e.g. WebSocket handshakes) are
     /// tunnelled to the upstream; `false` forwards them as plain requests without the `Upgrade` field.
     pub upgrade: bool,
+    /// `offline_stale` for this route; `None` takes `[cache] offline_stale`.
+    pub offline_stale: Option<OfflineStale>,
     /// Instead of 202, answer queued writes with this status and `queued_body`.
     pub queued_status: Option<u16>,
     /// Body template for `queued_status`: `{body}` is the request body, `{id}` the queue id.
@@ -292,6 +308,7 @@ impl Default for RoutePolicy {
             logout: false,
             upgrade: true,
             per_user: true,
+            offline_stale: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use common::{walk, TestEnv};
 use outpost::demo::audio_bytes;
+use outpost::Outpost;
 
 fn verify(dir: &Path, repair: bool) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
@@ -117,4 +118,54 @@ fn verify_needs_a_data_dir() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
+}
+
+/// A truncated table file (a disk fault or a copy cut short): serving and plain verify refuse the data
+/// dir and say what to run; `verify --repair` rebuilds what can be read, after which verify is clean and
+/// Outpost starts and serves again.
+#[tokio::test]
+async fn a_truncated_table_file_is_salvaged_by_verify_repair() {
+    let env = TestEnv::start().await;
+    for id in ["a1", "a2", "a3"] {
+        env.get(&format!("/media/s3/renders/{id}.mp3")).await;
+    }
+    for t in ["t1", "t2", "t3"] {
+        env.get(&format!("/api/v1/threads/{t}/messages")).await;
+    }
+    // Shutdown flushes everything into table files.
+    let stopped = env.stop_outpost().await;
+    let dir = stopped.dir.path().to_path_buf();
+    let mut tables: Vec<PathBuf> = walk(&dir.join("db"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .collect();
+    tables.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let victim = tables.last().expect("a table file").clone();
+    let len = std::fs::metadata(&victim).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&victim).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+
+    let refused = Outpost::start(stopped.config.clone())
+        .await
+        .err()
+        .expect("a damaged dir is refused");
+    let why = refused.to_string();
+    assert!(why.contains("damaged") && why.contains("verify --repair"), "{why}");
+    let (code, out) = verify(&dir, false);
+    assert_ne!(code, 0);
+    assert!(out.contains("verify --repair"), "{out}");
+
+    let (code, out) = verify(&dir, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("salvaging") && out.contains("set aside"), "{out}");
+    let (code, out) = verify(&dir, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("clean"), "{out}");
+    let env = stopped.start().await;
+    let r = env.get("/media/s3/renders/a1.mp3").await;
+    assert_eq!(r.head.status, 200);
+    let r = env.get("/api/v1/threads/t1/messages").await;
+    assert_eq!(r.head.status, 200);
+    env.stop().await;
 }

@@ -49,6 +49,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     queue_depth: Gauge,
     upstream_online: Family<UpstreamLabel, Gauge>,
+    store_writable: Gauge,
     evictions: Family<ReasonLabel, Gauge>,
     evicted_bytes: Family<ReasonLabel, Gauge>,
     by_kind: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -95,6 +96,12 @@ impl Metrics {
             "1 when the upstream is reachable",
             upstream_online.clone(),
         );
+        let store_writable = Gauge::default();
+        registry.register(
+            "outpost_store_writable",
+            "1 while the data dir takes writes, 0 while it does not (disk full, I/O errors)",
+            store_writable.clone(),
+        );
         let evictions = Family::<ReasonLabel, Gauge>::default();
         registry.register(
             "outpost_evictions",
@@ -114,6 +121,7 @@ impl Metrics {
             cache_bytes,
             queue_depth,
             upstream_online,
+            store_writable,
             evictions,
             evicted_bytes,
             by_kind: Mutex::new(BTreeMap::new()),
@@ -181,6 +189,11 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Whether the data dir takes writes (read at scrape time).
+    pub fn set_store_writable(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
     }
 
     /// Sets the gauges read at scrape time and renders the text format.

@@ -196,6 +196,7 @@ impl Admin {
                     .iter()
                     .map(|u| (u.name().to_string(), u.connectivity().is_online()))
                     .collect();
+                self.metrics.set_store_writable(!self.store.troubled());
                 let text = self.metrics.render(
                     self.evictor.used(),
                     self.outbox.depth(),
@@ -243,6 +244,7 @@ impl Admin {
             (&Method::POST, ["api", "queue", id, "retry"]) => {
                 queue_result(self.outbox.retry(id).map(|_| json!({"retried": id})))
             }
+            (&Method::DELETE, ["api", "cache"]) => self.purge(req.uri().query().unwrap_or("")),
             (&Method::DELETE, ["api", "queue", id]) => {
                 queue_result(self.outbox.drop_item(id).map(|_| json!({"dropped": id})))
             }
@@ -326,6 +328,35 @@ impl Admin {
         json_ok(json!({"cleared_entries": keys.len(), "freed_bytes": freed}))
     }
 
+    /// `DELETE /api/cache?url=URL[&partition=P]`: every stored answer for the URL (as the app asks for
+    /// it: a path with its query, or an absolute URL on Outpost), all `Vary` variants, in one user
+    /// partition or in all.
+    fn purge(&self, query: &str) -> Response<ProxyBody> {
+        let mut url = None;
+        let mut partition = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "url" => url = Some(v.into_owned()),
+                "partition" => partition = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let Some(url) = url else {
+            return json_error(StatusCode::BAD_REQUEST, "say which URL: ?url=/api/v1/library", None);
+        };
+        let Some(url_key) = url_key(&self.config, &url) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("{url:?} is not a URL path (e.g. /api/v1/library?page=2)"),
+                None,
+            );
+        };
+        match self.evictor.purge(&url_key, partition.as_deref()) {
+            Ok((entries, freed)) => json_ok(json!({"url": url, "purged_entries": entries, "freed_bytes": freed})),
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+        }
+    }
+
     fn put_settings(&self, v: &Value) -> Response<ProxyBody> {
         if v.get("reset").and_then(Value::as_bool) == Some(true) {
             let _ = self.store.set_setting("max_size", None);
@@ -386,9 +417,36 @@ impl Admin {
                 "waiting_for_credentials": self.outbox.waiting_users(),
             },
             "cache": {"entries": entries, "bytes": bytes, "dedup_saved_bytes": saved},
+            "store": match self.store.trouble() {
+                None => json!({"writable": true, "write_errors": self.store.write_errors()}),
+                Some(t) => json!({
+                    "writable": false, "disk_full": t.full, "reason": t.reason, "since_ms": t.since_ms,
+                    "write_errors": self.store.write_errors(),
+                }),
+            },
             "admin_token_file": token_path(&self.config.data_dir).display().to_string(),
         })
     }
+}
+
+/// A URL as the app asks for it (a path with its query, or an absolute URL on Outpost) as a primary
+/// key without its partition (`\0upstream\0path?query`): what every user's entries for it share.
+fn url_key(config: &crate::config::Config, url: &str) -> Option<Vec<u8>> {
+    let uri: http::Uri = url.parse().ok()?;
+    let pq = uri.path_and_query()?;
+    if !pq.path().starts_with('/') {
+        return None;
+    }
+    let uri: http::Uri = pq.as_str().parse().ok()?;
+    let table = config.route_table();
+    let route = table.route(&http::Method::GET, uri.path());
+    let upstream = &config.upstreams.get(route.upstream)?.name;
+    Some(crate::cache::key::primary_key(
+        "",
+        upstream,
+        &uri,
+        &route.policy.ignore_query,
+    ))
 }
 
 fn item_json(i: &crate::queue::OutboxRecord) -> Value {

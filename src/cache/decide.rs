@@ -39,6 +39,37 @@ impl Outcome {
         }
     }
 
+    /// Outpost's `Cache-Status` member (RFC 9211 §2): `hit` when no request went upstream (with
+    /// `detail=stale` or `detail=offline` for stale answers served by policy or because the upstream is
+    /// unreachable), `fwd=uri-miss` / `fwd=stale` / `fwd=bypass` with the upstream's `fwd-status`
+    /// otherwise, `stored` when the answer is being stored; `failed` names why Outpost answered itself.
+    pub fn cache_status(self, fwd_status: Option<u16>, stored: bool, failed: Option<&str>) -> String {
+        let mut v = String::from("Outpost; ");
+        v.push_str(match self {
+            Outcome::Hit => "hit",
+            Outcome::Stale => "hit; detail=stale",
+            Outcome::Offline => "hit; detail=offline",
+            Outcome::Revalidated => "fwd=stale",
+            Outcome::Miss => "fwd=uri-miss",
+            Outcome::Queued => "fwd=bypass; detail=queued",
+            Outcome::Bypass => "fwd=bypass",
+        });
+        let went_upstream = matches!(self, Outcome::Miss | Outcome::Bypass);
+        match (self, fwd_status) {
+            (Outcome::Revalidated, _) => v.push_str("; fwd-status=304"),
+            (_, Some(s)) if went_upstream => v.push_str(&format!("; fwd-status={s}")),
+            _ => {}
+        }
+        if stored {
+            v.push_str("; stored");
+        }
+        if let Some(why) = failed {
+            v.push_str("; detail=");
+            v.push_str(why);
+        }
+        v
+    }
+
     /// True when the body came from the upstream in this exchange (what response hooks learn from).
     pub fn from_network(self) -> bool {
         matches!(self, Outcome::Miss | Outcome::Revalidated)
@@ -67,6 +98,8 @@ pub struct Directives {
     pub head: bool,
     /// The request has a `Range` field.
     pub range: bool,
+    /// The stored response may not be served stale (`offline_stale = "rfc"` and §4.2.4).
+    pub stale_forbidden: bool,
 }
 
 /// What to do for one request.
@@ -92,6 +125,9 @@ pub enum Plan {
     OfflineMiss,
     /// Nothing stored and the network is not allowed (only-if-cached, cache-only): 504.
     NotCached,
+    /// Only a stale answer is stored, its origin forbade serving it stale, the route keeps to the RFC
+    /// (`offline_stale = "rfc"`), and the origin cannot be asked: 504 (§4.2.4).
+    StaleForbidden,
 }
 
 /// The decision. `online` is the upstream's connectivity as last observed.
@@ -103,6 +139,7 @@ pub fn decide(stored: Stored, strategy: Strategy, online: bool, d: Directives) -
         return match stored {
             Stored::Nothing => Plan::NotCached,
             Stored::Fresh => Plan::Serve(Outcome::Hit),
+            Stored::Stale | Stored::Invalidated if d.stale_forbidden => Plan::StaleForbidden,
             Stored::Stale | Stored::Invalidated => Plan::Serve(Outcome::Stale),
         };
     }
@@ -118,6 +155,9 @@ pub fn decide(stored: Stored, strategy: Strategy, online: bool, d: Directives) -
         Stored::Fresh => true,
         Stored::Stale | Stored::Invalidated => false,
     };
+    if !fresh && d.stale_forbidden {
+        return if online { Plan::Revalidate } else { Plan::StaleForbidden };
+    }
     let answer_now = stored != Stored::Invalidated
         && match strategy {
             Strategy::CacheFirst | Strategy::StaleWhileRevalidate => true,
@@ -149,6 +189,7 @@ mod tests {
         only_if_cached: false,
         head: false,
         range: false,
+        stale_forbidden: false,
     };
 
     /// Every strategy × stored state × connectivity, for a plain GET.
@@ -227,6 +268,59 @@ mod tests {
         // A stored object answers ranges and HEADs like any other request.
         assert_eq!(decide(Stored::Fresh, Http, true, range), Serve(Hit));
         assert_eq!(decide(Stored::Stale, Http, false, head), Serve(Offline));
+    }
+
+    /// RFC 9111 §4.2.4 with `offline_stale = "rfc"`: a cache MUST NOT serve a stale response its origin
+    /// prohibited (must-revalidate, no-cache, ...), "even when disconnected": online it asks, offline and
+    /// cache-only it answers 504. Fresh answers are unaffected; with the default (`always`) the stored
+    /// answer is served offline (the table above).
+    #[test]
+    fn rfc_mode_never_serves_a_prohibited_stale_answer_even_disconnected() {
+        let d = Directives {
+            stale_forbidden: true,
+            ..PLAIN
+        };
+        for s in [Http, StaleWhileRevalidate, CacheFirst, NetworkFirst] {
+            for stored in [Stored::Stale, Stored::Invalidated] {
+                assert_eq!(decide(stored, s, true, d), Revalidate, "{s:?} {stored:?}");
+                assert_eq!(decide(stored, s, false, d), StaleForbidden, "{s:?} {stored:?}");
+            }
+            assert_eq!(decide(Stored::Fresh, s, false, d), Serve(Hit));
+        }
+        assert_eq!(decide(Stored::Stale, CacheOnly, true, d), StaleForbidden);
+        let oic = Directives {
+            only_if_cached: true,
+            ..d
+        };
+        assert_eq!(decide(Stored::Stale, Http, false, oic), StaleForbidden);
+        assert_eq!(decide(Stored::Fresh, Http, false, oic), Serve(Hit));
+    }
+
+    /// RFC 9211 vocabulary for each outcome.
+    #[test]
+    fn cache_status_members() {
+        assert_eq!(Hit.cache_status(Some(200), false, None), "Outpost; hit");
+        assert_eq!(
+            Offline.cache_status(Some(200), false, None),
+            "Outpost; hit; detail=offline"
+        );
+        assert_eq!(Stale.cache_status(Some(200), false, None), "Outpost; hit; detail=stale");
+        assert_eq!(
+            Miss.cache_status(Some(200), true, None),
+            "Outpost; fwd=uri-miss; fwd-status=200; stored"
+        );
+        assert_eq!(
+            Revalidated.cache_status(Some(200), false, None),
+            "Outpost; fwd=stale; fwd-status=304"
+        );
+        assert_eq!(
+            Miss.cache_status(None, false, Some("offline")),
+            "Outpost; fwd=uri-miss; detail=offline"
+        );
+        assert_eq!(
+            Queued.cache_status(Some(202), false, None),
+            "Outpost; fwd=bypass; detail=queued"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{key, policy, Cache, CacheError, FillGuard, FillInfo, FillState};
 use crate::body::{BoxError, ProxyBody};
 use crate::clock::to_ms;
 use crate::encoding::{self, ContentCoding};
-use crate::store::{Commit, Entry, FillSink};
+use crate::store::{Commit, Entry, FillSink, StoreError};
 
 impl Cache {
     /// Streams `resp` to the client while writing its body to the store; commits the entry when the
@@ -25,7 +25,7 @@ impl Cache {
         resp: Response<ProxyBody>,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
-        let (parts, mut upstream_body) = resp.into_parts();
+        let (mut parts, mut upstream_body) = resp.into_parts();
         let announced: Option<u64> = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -34,21 +34,28 @@ impl Cache {
         let resp_headers = parts.headers.clone();
         let status = parts.status;
         let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(16);
+        let mut writer = if !self.budget.accepting() {
+            tracing::debug!(url = %info.url, "cache full (over budget with only pins, or auto_evict off); not stored");
+            None
+        } else if self.storage.troubled() {
+            tracing::debug!(url = %info.url, "the data dir does not take writes (disk full?); not stored");
+            None
+        } else {
+            match self.storage.begin_fill() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a blob; response not stored");
+                    self.storage.note_write_error(&e);
+                    None
+                }
+            }
+        };
+        if writer.is_some() {
+            // Cache-Status says `stored` (RFC 9211 §2.7).
+            parts.extensions.insert(super::Storing);
+        }
         let cache = self.clone();
         tokio::spawn(async move {
-            let mut writer = if !cache.budget.accepting() {
-                tracing::debug!(url = %info.url, "cache full (over budget with only pins, or auto_evict off); not stored");
-                None
-            } else {
-                match cache.storage.begin_fill() {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start a blob; response not stored");
-                        cache.storage.note_write_error();
-                        None
-                    }
-                }
-            };
             let mut client = Some(tx);
             // With a Content-Length, the last chunk is held back until the commit: a client that has read
             // the whole body (hyper counts Content-Length) can rely on it being stored, e.g. when going
@@ -116,7 +123,7 @@ impl Cache {
                 if let Some(w) = &mut writer {
                     if let Err(e) = w.write(&data) {
                         tracing::warn!(error = %e, "blob write failed; response not stored");
-                        cache.storage.note_write_error();
+                        cache.storage.note_write_error(&StoreError::Blob(e));
                         writer = None;
                     }
                 }
@@ -187,7 +194,12 @@ impl Cache {
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "storing a response failed");
-                self.storage.note_write_error();
+                match &e {
+                    CacheError::Store(se) => self.storage.note_write_error(se),
+                    other => self
+                        .storage
+                        .note_write_error(&StoreError::Blob(std::io::Error::other(other.to_string()))),
+                }
                 FillState::Failed
             }
             Err(e) => {
@@ -248,6 +260,7 @@ fn storable_headers(h: &HeaderMap) -> HeaderMap {
     for name in [
         "x-outpost-cache",
         "x-outpost-pending",
+        "cache-status",
         "x-outpost-dead-letters",
         "set-cookie",
     ] {

@@ -100,9 +100,13 @@ impl Hit {
     /// True when the origin said the stored response must not be served stale once it was checked
     /// and found failing (`must-revalidate`): a 5xx on revalidation is passed on, not covered.
     pub fn must_revalidate(&self) -> bool {
-        CacheControl::parse(self.entry.headers.map()).must_revalidate
+        CacheControl::of_response(self.entry.headers.map()).must_revalidate
     }
 }
+
+/// Response extension: the answer is being stored (for `Cache-Status: ...; stored`).
+#[derive(Debug, Clone, Copy)]
+pub struct Storing;
 
 /// State of an in-flight fill, watched by collapsed requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +182,7 @@ pub struct Cache {
     /// Fills nobody reads any more stop when this fires.
     shutdown: ShutdownSignal,
     partitioner: key::Partitioner,
+    offline_stale: crate::routes::OfflineStale,
 }
 
 impl Cache {
@@ -198,12 +203,26 @@ impl Cache {
             inflight: Mutex::new(HashMap::new()),
             shutdown,
             partitioner: key::Partitioner::default(),
+            offline_stale: crate::routes::OfflineStale::Always,
         }
     }
 
     /// Private or shared rules.
     pub fn role(&self) -> CacheRole {
         self.role
+    }
+
+    /// Whether stale answers the origin forbade may answer offline (`[cache] offline_stale`).
+    pub fn with_offline_stale(mut self, mode: crate::routes::OfflineStale) -> Cache {
+        self.offline_stale = mode;
+        self
+    }
+
+    /// True when a stale `hit` must not be served on this route: `offline_stale = "rfc"` (the route's,
+    /// else the cache's) and the origin forbade it (§4.2.4).
+    pub fn stale_forbidden(&self, hit: &Hit, route_mode: Option<crate::routes::OfflineStale>) -> bool {
+        route_mode.unwrap_or(self.offline_stale) == crate::routes::OfflineStale::Rfc
+            && policy::stale_prohibited(self.role, hit.entry.headers.map())
     }
 
     /// Tells users apart with `partitioner` instead of the default rules.

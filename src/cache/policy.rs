@@ -91,6 +91,65 @@ impl CacheControl {
     }
 }
 
+/// Response fields targeted at Outpost (RFC 9213), most specific first: `Outpost-Cache-Control` for this
+/// sidecar alone, then `CDN-Cache-Control` (Outpost is the gateway cache in front of the app).
+pub const TARGETED_FIELDS: [&str; 2] = ["outpost-cache-control", "cdn-cache-control"];
+
+impl CacheControl {
+    /// The directives that govern a stored response (RFC 9213 §2.2): those of the most specific
+    /// targeted field present and valid, else `Cache-Control`. A targeted field in use makes
+    /// `Cache-Control` count for nothing (freshness, `private`, `no-cache`, `no-store` alike); an invalid
+    /// one (not a structured-field dictionary) is ignored as if absent.
+    pub fn of_response(headers: &HeaderMap) -> CacheControl {
+        for name in TARGETED_FIELDS {
+            let lines: Vec<&str> = match headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str())
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(l) if !l.is_empty() => l,
+                _ => continue,
+            };
+            if lines.iter().all(|l| is_dictionary(l)) {
+                let mut only = HeaderMap::new();
+                for l in lines {
+                    if let Ok(v) = header::HeaderValue::from_str(l) {
+                        only.append(header::CACHE_CONTROL, v);
+                    }
+                }
+                return CacheControl::parse(&only);
+            }
+        }
+        CacheControl::parse(headers)
+    }
+}
+
+/// Enough of RFC 8941 §3.2 to tell a dictionary from something else: members are lowercase keys
+/// (`[a-z*][a-z0-9_.*-]*`), each bare or `=` an integer, a token or a quoted string.
+fn is_dictionary(line: &str) -> bool {
+    split_directives(line).into_iter().all(|member| {
+        let (key, value) = match member.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (member.trim(), None),
+        };
+        let mut chars = key.chars();
+        let key_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '*')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.*".contains(c));
+        let value_ok = match value {
+            None => true,
+            Some(v) if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => true,
+            Some(v) => {
+                !v.is_empty()
+                    && (v.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+                        || v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)))
+            }
+        };
+        key_ok && value_ok
+    })
+}
+
 /// Splits on commas outside quoted strings (`no-cache="a, b", max-age=5`).
 fn split_directives(line: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -169,7 +228,7 @@ pub fn storable(
         return Err(NotStorable::Status);
     }
     let req_cc = CacheControl::parse(req_headers);
-    let cc = CacheControl::parse(resp_headers);
+    let cc = CacheControl::of_response(resp_headers);
     if cc.no_store || req_cc.no_store {
         return Err(NotStorable::NoStore);
     }
@@ -214,7 +273,7 @@ fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTi
 /// without it, heuristic freshness (§4.2.2: 10% of the time since Last-Modified, at most a day) applies
 /// to heuristically cacheable statuses.
 pub fn freshness_lifetime(role: CacheRole, status: StatusCode, headers: &HeaderMap, ttl: Option<Duration>) -> Duration {
-    let cc = CacheControl::parse(headers);
+    let cc = CacheControl::of_response(headers);
     if role == CacheRole::Shared {
         if let Some(s) = cc.s_maxage {
             return Duration::from_secs(s);
@@ -260,22 +319,39 @@ pub struct ExchangeTimes {
 
 /// §4.2.3 current_age.
 pub fn current_age(headers: &HeaderMap, times: ExchangeTimes, now: SystemTime) -> Duration {
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(delta_seconds)
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::ZERO);
+    let age_value = age_value(headers);
     let date_value = date_header(headers, header::DATE).unwrap_or(times.response_time);
     let apparent_age = times.response_time.duration_since(date_value).unwrap_or(Duration::ZERO);
     let response_delay = times
         .response_time
         .duration_since(times.request_time)
         .unwrap_or(Duration::ZERO);
-    let corrected_age_value = age_value + response_delay;
+    let corrected_age_value = age_value.saturating_add(response_delay);
     let corrected_initial_age = apparent_age.max(corrected_age_value);
     let resident_time = now.duration_since(times.response_time).unwrap_or(Duration::ZERO);
-    corrected_initial_age + resident_time
+    corrected_initial_age.saturating_add(resident_time)
+}
+
+/// An age past any freshness lifetime, for an `Age` that cannot be trusted.
+const UNTRUSTED_AGE: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// §5.1 `Age`: one non-negative integer. Absent is 0; a list (`old, 0`), repeated lines, a sign or
+/// anything else is invalid, and an invalid Age makes the response stale rather than fresh.
+fn age_value(headers: &HeaderMap) -> Duration {
+    let mut lines = headers.get_all(header::AGE).iter();
+    let Some(first) = lines.next() else {
+        return Duration::ZERO;
+    };
+    if lines.next().is_some() {
+        return UNTRUSTED_AGE;
+    }
+    first
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX).min(UNTRUSTED_AGE.as_secs())))
+        .unwrap_or(UNTRUSTED_AGE)
 }
 
 /// What the stored response allows for this request, before any network.
@@ -287,10 +363,18 @@ pub enum Freshness {
     Stale,
 }
 
+/// §4.2.4: the origin forbade serving this response stale, even disconnected: `must-revalidate`
+/// (§5.2.2.2), `no-cache` (§5.2.2.4), and in a shared cache `proxy-revalidate` (§5.2.2.8) or `s-maxage`
+/// (§5.2.2.10). Read through the targeted field when there is one (RFC 9213).
+pub fn stale_prohibited(role: CacheRole, resp_headers: &HeaderMap) -> bool {
+    let cc = CacheControl::of_response(resp_headers);
+    cc.must_revalidate || cc.no_cache || (role == CacheRole::Shared && (cc.proxy_revalidate || cc.s_maxage.is_some()))
+}
+
 /// §4.2 + §5.2.1: is the stored response usable as-is for this request?
 pub fn evaluate(req_headers: &HeaderMap, lifetime: Duration, age: Duration, resp_headers: &HeaderMap) -> Freshness {
     let req = CacheControl::parse(req_headers);
-    let resp = CacheControl::parse(resp_headers);
+    let resp = CacheControl::of_response(resp_headers);
     // §5.4: Pragma: no-cache only when there is no Cache-Control in the request.
     let pragma_no_cache = !req_headers.contains_key(header::CACHE_CONTROL)
         && req_headers
@@ -404,6 +488,85 @@ pub fn is_unsafe(method: &Method) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    type Fields = &'static [(&'static str, &'static str)];
+
+    /// RFC 9213 §2.2 precedence, table-tested: (fields, expected max-age, no-store).
+    #[test]
+    fn targeted_fields_rfc9213_2_2() {
+        #[rustfmt::skip]
+        let table: &[(Fields, Option<u64>, bool)] = &[
+            (&[("cache-control", "max-age=5")], Some(5), false),
+            // A targeted field present: Cache-Control is ignored entirely.
+            (&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")], Some(60), false),
+            (&[("cache-control", "max-age=5"), ("cdn-cache-control", "no-store")], None, true),
+            // The most specific (Outpost's own) wins over the CDN one.
+            (&[("cdn-cache-control", "no-store"), ("outpost-cache-control", "max-age=9")], Some(9), false),
+            // Invalid dictionaries are ignored as if absent (RFC 9213 §2.1).
+            (&[("cache-control", "max-age=5"), ("outpost-cache-control", "Max-Age=9")], Some(5), false),
+            (&[("cache-control", "max-age=5"), ("cdn-cache-control", "max-age=9 9")], Some(5), false),
+            // Repeated lines of a targeted field combine.
+            (&[("cdn-cache-control", "max-age=9"), ("cdn-cache-control", "no-store")], Some(9), true),
+        ];
+        for (fields, max_age, no_store) in table {
+            let cc = CacheControl::of_response(&h(fields));
+            assert_eq!((cc.max_age, cc.no_store), (*max_age, *no_store), "{fields:?}");
+        }
+    }
+
+    /// RFC 9111 §5.1: Age is one non-negative integer; anything else makes the response stale.
+    #[test]
+    fn age_must_be_one_non_negative_integer_rfc9111_5_1() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let times = ExchangeTimes {
+            request_time: at,
+            response_time: at,
+        };
+        let lifetime = Duration::from_secs(60);
+        let fresh = |age: &[&str]| {
+            let mut pairs = vec![("date", "Mon, 12 Jan 1970 13:46:40 GMT")];
+            pairs.extend(age.iter().map(|a| ("age", *a)));
+            current_age(&h(&pairs), times, at) < lifetime
+        };
+        assert!(fresh(&[]));
+        assert!(fresh(&["5"]));
+        assert!(fresh(&[" 7 "]), "optional whitespace around the value");
+        assert!(!fresh(&["old, 0"]));
+        assert!(!fresh(&["-1"]));
+        assert!(!fresh(&["1.5"]));
+        assert!(!fresh(&["5", "0"]), "repeated lines");
+        assert!(
+            !fresh(&["99999999999999999999999"]),
+            "overflow saturates (stale), no panic"
+        );
+    }
+
+    /// §4.2.4: what forbids serving stale, per role (§5.2.2.2, .4, .8, .10).
+    #[test]
+    fn stale_prohibitions_by_role_rfc9111_4_2_4() {
+        use CacheRole::{Private as P, Shared as S};
+        #[rustfmt::skip]
+        let table: &[(&str, CacheRole, bool)] = &[
+            ("max-age=0, private, must-revalidate", P, true),
+            ("no-cache", P, true),
+            ("max-age=0", P, false),
+            ("proxy-revalidate", P, false), ("proxy-revalidate", S, true),
+            ("s-maxage=5", P, false),       ("s-maxage=5", S, true),
+        ];
+        for (cc, role, want) in table {
+            assert_eq!(
+                stale_prohibited(*role, &h(&[("cache-control", cc)])),
+                *want,
+                "{cc} {role:?}"
+            );
+        }
+        // Through the targeted field.
+        let f = h(&[
+            ("cache-control", "must-revalidate"),
+            ("outpost-cache-control", "max-age=0"),
+        ]);
+        assert!(!stale_prohibited(P, &f));
+    }
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

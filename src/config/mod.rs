@@ -9,6 +9,7 @@
 //! Every default is written once, here, and documented in `config/outpost.toml`.
 
 mod raw;
+mod route;
 mod validate;
 
 use std::fmt;
@@ -132,6 +133,8 @@ pub struct UpstreamConfig {
     /// How often the probe runs while offline.
     #[serde(serialize_with = "ser_duration")]
     pub probe_interval: Duration,
+    /// What the backend's answers look like, to tell them from a captive portal's (`probe_expect`).
+    pub expect: Option<BackendMark>,
     /// How long one probe may take.
     #[serde(serialize_with = "ser_duration")]
     pub probe_timeout: Duration,
@@ -178,6 +181,10 @@ pub struct CacheSettings {
     pub max_unused: Option<Duration>,
     /// How requests are told apart by user (`partition`, `session_cookie`).
     pub partitioner: crate::cache::key::Partitioner,
+    /// Whether stale answers the origin forbade may answer when it cannot be asked.
+    pub offline_stale: crate::routes::OfflineStale,
+    /// Apps may send `PURGE url` to the proxy port (their own answers only).
+    pub allow_purge: bool,
 }
 
 impl Default for CacheSettings {
@@ -188,6 +195,8 @@ impl Default for CacheSettings {
             auto_evict: true,
             max_unused: None,
             partitioner: crate::cache::key::Partitioner::default(),
+            offline_stale: crate::routes::OfflineStale::Always,
+            allow_purge: false,
         }
     }
 }
@@ -338,7 +347,19 @@ pub fn default_upstream_config(name: &str, url: Uri) -> UpstreamConfig {
         probe_path: "/".to_string(),
         probe_interval: Duration::from_secs(2),
         probe_timeout: Duration::from_secs(2),
+        expect: None,
     }
+}
+
+/// `probe_expect = { status = 200, header = "x-api-version" }`: every answer of the backend carries
+/// `header`, and its probe answers with `status`. Anything else (a Wi-Fi login page answering `200
+/// text/html` to everything) is not the backend: the upstream counts as unreachable.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendMark {
+    /// The probe's expected status.
+    pub status: Option<u16>,
+    /// A field every answer of the backend carries.
+    pub header: Option<String>,
 }
 
 #[cfg(test)]

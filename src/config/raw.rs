@@ -45,6 +45,8 @@ pub(super) struct RawCache {
     pub(super) max_unused: Option<Spanned<String>>,
     pub(super) partition: Option<Spanned<String>>,
     pub(super) session_cookie: Option<Spanned<String>>,
+    pub(super) offline_stale: Option<Spanned<String>>,
+    pub(super) allow_purge: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +71,14 @@ pub(super) struct RawUpstream {
     pub(super) probe_path: Option<Spanned<String>>,
     pub(super) probe_interval: Option<Spanned<String>>,
     pub(super) probe_timeout: Option<Spanned<String>>,
+    pub(super) probe_expect: Option<Spanned<RawExpect>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExpect {
+    pub(super) status: Option<u16>,
+    pub(super) header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +110,7 @@ pub(super) struct RawRoute {
     pub(super) logout: Option<bool>,
     pub(super) upgrade: Option<bool>,
     pub(super) partition: Option<Spanned<String>>,
+    pub(super) offline_stale: Option<Spanned<String>>,
     pub(super) queued_status: Option<Spanned<u16>>,
     pub(super) queued_body: Option<String>,
 }

@@ -8,24 +8,29 @@ use std::time::Duration;
 use http::Uri;
 use toml::Spanned;
 
-use super::raw::{line_of, RawConfig, RawRoute, RawUpstream};
+use super::raw::{line_of, RawConfig, RawUpstream};
 use super::{
     default_upstream_config, CacheSettings, Config, ConfigError, EncryptionKey, LogFormat, Overrides, QueueSettings,
     Roots, UpstreamConfig, DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_SIZE, DEFAULT_UPSTREAM_NAME,
 };
 use crate::cache::key::Partitioner;
-use crate::media::{JsonPath, MediaAlias, MediaRewrite};
-use crate::routes::{ConflictPolicy, Retention, RouteConfig, RoutePattern, RoutePolicy, Strategy};
+use crate::media::MediaRewrite;
+use crate::routes::RouteConfig;
 use crate::units::{parse_duration, parse_size};
 
 /// Where errors point: the file's text and name.
-struct Ctx<'a> {
-    src: &'a str,
-    file: &'a str,
+pub(super) struct Ctx<'a> {
+    pub(super) src: &'a str,
+    pub(super) file: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Option<std::ops::Range<usize>>, key: &str, reason: impl std::fmt::Display) -> ConfigError {
+    pub(super) fn err(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        reason: impl std::fmt::Display,
+    ) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_string(),
             line: span.map(|s| line_of(self.src, s.start)).unwrap_or(0),
@@ -34,7 +39,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => parse_duration(s.get_ref()).map_err(|r| self.err(Some(s.span()), key, r)),
@@ -42,7 +52,7 @@ impl Ctx<'_> {
     }
 
     /// One of a fixed set of words (`None`: the default); anything else names the known ones.
-    fn keyword<T: Copy>(
+    pub(super) fn keyword<T: Copy>(
         &self,
         v: Option<&Spanned<String>>,
         key: &str,
@@ -65,7 +75,7 @@ impl Ctx<'_> {
             })
     }
 
-    fn opt_duration(&self, v: &Option<Spanned<String>>, key: &str) -> Result<Option<Duration>, ConfigError> {
+    pub(super) fn opt_duration(&self, v: &Option<Spanned<String>>, key: &str) -> Result<Option<Duration>, ConfigError> {
         v.as_ref().map(|_| self.duration(v, key, Duration::ZERO)).transpose()
     }
 
@@ -228,8 +238,15 @@ impl RawConfig {
                 CacheSettings {
                     shared: self.cache.shared.unwrap_or(d.shared),
                     verify_on_read: self.cache.verify_on_read.unwrap_or(d.verify_on_read),
+                    allow_purge: self.cache.allow_purge.unwrap_or(d.allow_purge),
                     auto_evict: self.cache.auto_evict.unwrap_or(d.auto_evict),
                     max_unused: cx.opt_duration(&self.cache.max_unused, "cache.max_unused")?,
+                    offline_stale: super::route::offline_stale(
+                        &cx,
+                        self.cache.offline_stale.as_ref(),
+                        "cache.offline_stale",
+                    )?
+                    .unwrap_or(d.offline_stale),
                     partitioner: Partitioner {
                         trust_jwt_sub: cx.keyword(
                             self.cache.partition.as_ref(),
@@ -393,6 +410,35 @@ impl RawConfig {
             },
             probe_interval: cx.duration(&raw.probe_interval, &key("probe_interval"), d.probe_interval)?,
             probe_timeout: cx.duration(&raw.probe_timeout, &key("probe_timeout"), d.probe_timeout)?,
+            expect: match &raw.probe_expect {
+                None => None,
+                Some(e) => {
+                    let v = e.get_ref();
+                    if let Some(h) = &v.header {
+                        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                            return Err(cx.err(
+                                Some(e.span()),
+                                &key("probe_expect.header"),
+                                format!("{h:?} is not a field name"),
+                            ));
+                        }
+                    }
+                    if v.status.is_some_and(|s| !(100..600).contains(&s)) {
+                        return Err(cx.err(
+                            Some(e.span()),
+                            &key("probe_expect.status"),
+                            "must be an HTTP status (100-599)",
+                        ));
+                    }
+                    if v.status.is_none() && v.header.is_none() {
+                        return Err(cx.err(Some(e.span()), &key("probe_expect"), "give status, header or both"));
+                    }
+                    Some(crate::config::BackendMark {
+                        status: v.status,
+                        header: v.header.as_ref().map(|h| h.to_ascii_lowercase()),
+                    })
+                }
+            },
             ..d
         })
     }
@@ -406,7 +452,7 @@ impl RawConfig {
     ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut routes = Vec::with_capacity(self.routes.len());
         for (i, raw) in self.routes.iter().enumerate() {
-            routes.push(route(cx, i, raw, upstreams, default_upstream)?);
+            routes.push(super::route::route(cx, i, raw, upstreams, default_upstream)?);
         }
         // Media rewriting needs every route: the local prefix of an upstream is the strip_prefix of a
         // prefix route to it, or nothing when it is served unprefixed (the API itself, for pagination
@@ -502,223 +548,15 @@ impl RawConfig {
     }
 }
 
-fn known(ups: &[UpstreamConfig]) -> String {
+pub(super) fn known(ups: &[UpstreamConfig]) -> String {
     ups.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// One `[[routes]]` entry (its media rewrite rules are added once every route is known).
-fn route(
-    cx: &Ctx<'_>,
-    i: usize,
-    raw: &RawRoute,
-    upstreams: &[UpstreamConfig],
-    default_upstream: usize,
-) -> Result<RouteConfig, ConfigError> {
-    let key = |k: &str| format!("routes[{i}].{k}");
-    let pattern = match (&raw.path, &raw.prefix) {
-        (Some(p), None) => RoutePattern::exact(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key("path"), r))?,
-        (None, Some(p)) => RoutePattern::prefix(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key("prefix"), r))?,
-        (Some(p), Some(_)) => return Err(cx.err(Some(p.span()), &key("path"), "give either path or prefix, not both")),
-        (None, None) => {
-            return Err(cx.err(
-                find_nth_array_header(cx.src, "routes", i),
-                &format!("routes[{i}]"),
-                "needs a path (exact, with {params}) or a prefix",
-            ))
-        }
-    };
-    let (upstream, upstream_name) = match &raw.upstream {
-        None => (default_upstream, upstreams[default_upstream].name.clone()),
-        Some(name) => match upstreams.iter().position(|u| &u.name == name.get_ref()) {
-            Some(ix) => (ix, name.get_ref().clone()),
-            None => {
-                return Err(cx.err(
-                    Some(name.span()),
-                    &key("upstream"),
-                    format!("no upstream named {:?} (known: {})", name.get_ref(), known(upstreams)),
-                ))
-            }
-        },
-    };
-    let strip_prefix = match &raw.strip_prefix {
-        None => None,
-        Some(s) => {
-            let v = s.get_ref();
-            if !v.starts_with('/') || !pattern.literal_prefix().starts_with(v.as_str()) {
-                return Err(cx.err(
-                    Some(s.span()),
-                    &key("strip_prefix"),
-                    format!("{v:?} must start with '/' and be a leading part of the route's pattern"),
-                ));
-            }
-            Some(v.clone())
-        }
-    };
-    let mut methods = Vec::new();
-    for (j, m) in raw.methods.iter().flatten().enumerate() {
-        let method = http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
-            cx.err(
-                Some(m.span()),
-                &format!("routes[{i}].methods[{j}]"),
-                format!("invalid method {:?}", m.get_ref()),
-            )
-        })?;
-        methods.push(method);
-    }
-    let policy = policy(cx, i, raw, &pattern)?;
-    Ok(RouteConfig {
-        name: raw.name.clone().unwrap_or_else(|| format!("route{i}")),
-        pattern,
-        upstream,
-        upstream_name,
-        strip_prefix,
-        methods,
-        policy,
-    })
-}
-
-/// A route's policy knobs (defaults from [`RoutePolicy::default`]).
-fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Result<RoutePolicy, ConfigError> {
-    let key = |k: &str| format!("routes[{i}].{k}");
-    let d = RoutePolicy::default();
-    let strategy = match &raw.strategy {
-        None => d.strategy,
-        Some(s) => Strategy::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s.get_ref())
-            .ok_or_else(|| {
-                let names: Vec<_> = Strategy::ALL.iter().map(|k| k.as_str()).collect();
-                cx.err(
-                    Some(s.span()),
-                    &key("strategy"),
-                    format!("unknown strategy {:?} (known: {})", s.get_ref(), names.join(", ")),
-                )
-            })?,
-    };
-    let json_path =
-        |p: &Spanned<String>, k: &str| JsonPath::parse(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key(k), r));
-    let size = |v: &Option<Spanned<String>>, k: &str, default: u64| match v {
-        None => Ok(default),
-        Some(v) => parse_size(v.get_ref()).map_err(|r| cx.err(Some(v.span()), &key(k), r)),
-    };
-    Ok(RoutePolicy {
-        strategy,
-        kind: raw.kind.clone().unwrap_or(d.kind),
-        ttl: cx.opt_duration(&raw.ttl, &key("ttl"))?,
-        network_timeout: cx.duration(&raw.network_timeout, &key("network_timeout"), d.network_timeout)?,
-        ignore_query: raw.ignore_query.clone().unwrap_or_default(),
-        queue: raw.queue.unwrap_or(d.queue),
-        max_body: size(&raw.max_body, "max_body", d.max_body)?,
-        conflict: cx.keyword(
-            raw.conflict.as_ref(),
-            &key("conflict"),
-            "conflict policy",
-            &[
-                ("server-wins", ConflictPolicy::ServerWins),
-                ("retry", ConflictPolicy::Retry),
-                ("dead-letter", ConflictPolicy::DeadLetter),
-            ],
-            d.conflict,
-        )?,
-        ordering_key: match &raw.ordering_key {
-            None => None,
-            Some(t) => {
-                check_template(t.get_ref(), pattern).map_err(|r| cx.err(Some(t.span()), &key("ordering_key"), r))?;
-                Some(t.get_ref().clone())
-            }
-        },
-        priority: raw.priority.unwrap_or(d.priority),
-        invalidates: {
-            let mut out = Vec::new();
-            for (j, t) in raw.invalidates.iter().flatten().enumerate() {
-                let k = format!("routes[{i}].invalidates[{j}]");
-                if !t.get_ref().starts_with('/') {
-                    return Err(cx.err(Some(t.span()), &k, "must be a path starting with '/'"));
-                }
-                check_template(t.get_ref(), pattern).map_err(|r| cx.err(Some(t.span()), &k, r))?;
-                out.push(t.get_ref().clone());
-            }
-            out
-        },
-        queued_status: match &raw.queued_status {
-            None => None,
-            Some(v) if (200..300).contains(v.get_ref()) => Some(*v.get_ref()),
-            Some(v) => return Err(cx.err(Some(v.span()), &key("queued_status"), "must be a 2xx status")),
-        },
-        queued_body: raw.queued_body.clone(),
-        rewrite: Vec::new(),
-        pins: raw.pins.as_ref().map(|p| json_path(p, "pins")).transpose()?,
-        prefetch: raw.prefetch.unwrap_or(d.prefetch),
-        media_alias: match &raw.media_alias {
-            None => None,
-            Some(a) => {
-                let a = a.get_ref();
-                Some(MediaAlias {
-                    objects: json_path(&a.objects, "media_alias.objects")?,
-                    id: a.id.clone().unwrap_or_else(|| "audio_file_id".into()),
-                    url: a.url.clone().unwrap_or_else(|| "url".into()),
-                })
-            }
-        },
-        retain: match &raw.retain {
-            None => None,
-            Some(r) => {
-                let r = r.get_ref();
-                check_template(r.group.get_ref(), pattern)
-                    .map_err(|e| cx.err(Some(r.group.span()), &key("retain.group"), e))?;
-                let keep = *r.keep_last.get_ref();
-                if keep < 1 {
-                    return Err(cx.err(Some(r.keep_last.span()), &key("retain.keep_last"), "must be at least 1"));
-                }
-                let drop_entry = cx.keyword(
-                    r.drop.as_ref(),
-                    &key("retain.drop"),
-                    "value",
-                    &[("body", false), ("entry", true)],
-                    false,
-                )?;
-                Some(Retention {
-                    group: r.group.get_ref().clone(),
-                    keep_last: keep as usize,
-                    drop_entry,
-                })
-            }
-        },
-        logout: raw.logout.unwrap_or(d.logout),
-        upgrade: raw.upgrade.unwrap_or(d.upgrade),
-        per_user: cx.keyword(
-            raw.partition.as_ref(),
-            &key("partition"),
-            "value",
-            &[("user", true), ("none", false)],
-            d.per_user,
-        )?,
-        rewrite_max: size(&raw.rewrite_max, "rewrite_max", d.rewrite_max)?,
-    })
-}
-
 /// An HTTP token (RFC 9110 §5.6.2), what a cookie name must be.
-fn is_token(s: &str) -> bool {
+pub(super) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Every `{name}` in a template must be a parameter of the route's pattern.
-fn check_template(t: &str, pattern: &RoutePattern) -> Result<(), String> {
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("{t:?}: '{{' without '}}'"))?
-            + open;
-        let name = &rest[open + 1..close];
-        if !pattern.has_param(name) {
-            return Err(format!("{t:?}: the route's pattern has no {{{name}}}"));
-        }
-        rest = &rest[close + 1..];
-    }
-    Ok(())
 }
 
 /// Span of a `[name]` table header, for errors about keys missing from that table.
@@ -728,7 +566,7 @@ fn find_table_header(src: &str, name: &str) -> Option<std::ops::Range<usize>> {
 }
 
 /// Span of the `n`th `[[name]]` header.
-fn find_nth_array_header(src: &str, name: &str, n: usize) -> Option<std::ops::Range<usize>> {
+pub(super) fn find_nth_array_header(src: &str, name: &str, n: usize) -> Option<std::ops::Range<usize>> {
     let needle = format!("[[{name}]]");
     src.match_indices(&needle).nth(n).map(|(s, _)| s..s + needle.len())
 }

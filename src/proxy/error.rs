@@ -15,6 +15,9 @@ use crate::upstream::UpstreamError;
 /// Seconds a client is told to wait before retrying an offline miss.
 const OFFLINE_RETRY_AFTER: &str = "5";
 
+/// Seconds a client is told to wait when the data dir did not take a write (space must be freed).
+const STORAGE_RETRY_AFTER: &str = "30";
+
 /// Who a failure is attributed to (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -69,6 +72,15 @@ pub enum ProxyError {
         /// Upstream name.
         upstream: String,
     },
+    /// Only a stale answer is stored, its origin forbade serving it stale and the route keeps to the
+    /// RFC (`offline_stale = "rfc"`), and the origin could not be asked: 504.
+    #[error("the stored answer is stale and its origin forbids serving it stale (offline_stale = \"rfc\")")]
+    StaleForbidden {
+        /// Upstream name.
+        upstream: String,
+        /// Why the origin could not be asked, when known.
+        detail: Option<String>,
+    },
     /// A write that can neither be sent nor queued (too large to queue while offline): 503.
     #[error("{reason}")]
     Unqueueable {
@@ -77,13 +89,16 @@ pub enum ProxyError {
         /// Why, in full.
         reason: String,
     },
-    /// Outpost's own storage failed where durability was needed: 503.
+    /// The data dir did not take a write that had to be durable: 507 when its disk is full, else 503;
+    /// both with Retry-After. The write was not queued.
     #[error("{reason}")]
-    Internal {
+    Storage {
         /// Upstream name.
         upstream: String,
-        /// Why, in full.
+        /// Why, in full (naming the data dir).
         reason: String,
+        /// The disk is full.
+        full: bool,
     },
 }
 
@@ -107,9 +122,10 @@ impl ProxyError {
             ProxyError::Upstream(_)
             | ProxyError::Garbage { .. }
             | ProxyError::Offline { .. }
-            | ProxyError::NotCached { .. } => Fault::Upstream,
+            | ProxyError::NotCached { .. }
+            | ProxyError::StaleForbidden { .. } => Fault::Upstream,
             ProxyError::Unqueueable { .. } => Fault::Upstream,
-            ProxyError::Internal { .. } => Fault::Internal,
+            ProxyError::Storage { .. } => Fault::Internal,
         }
     }
 
@@ -157,12 +173,35 @@ impl ProxyError {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(OFFLINE_RETRY_AFTER));
                 resp
             }
+            ProxyError::StaleForbidden {
+                ref upstream,
+                ref detail,
+            } => {
+                let mut v = json!({"error": self.to_string(), "upstream": upstream});
+                if let Some(d) = detail {
+                    v["detail"] = json!(d);
+                }
+                let mut resp = json_error(StatusCode::GATEWAY_TIMEOUT, "", Some(upstream));
+                *resp.body_mut() = crate::body::full(v.to_string());
+                resp
+            }
             ProxyError::NotCached { upstream } => json_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "not in the cache (only-if-cached / cache-only)",
                 Some(&upstream),
             ),
-            ProxyError::Unqueueable { upstream, reason } | ProxyError::Internal { upstream, reason } => {
+            ProxyError::Storage { upstream, reason, full } => {
+                let status = if full {
+                    StatusCode::INSUFFICIENT_STORAGE
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let mut resp = json_error(status, &reason, Some(&upstream));
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(STORAGE_RETRY_AFTER));
+                resp
+            }
+            ProxyError::Unqueueable { upstream, reason } => {
                 json_error(StatusCode::SERVICE_UNAVAILABLE, &reason, Some(&upstream))
             }
         }

@@ -138,6 +138,9 @@ impl Flow {
             only_if_cached: CacheControl::parse(&req.headers).only_if_cached,
             head: req.method == Method::HEAD,
             range: req.headers.contains_key(header::RANGE),
+            stale_forbidden: hit
+                .as_ref()
+                .is_some_and(|h| self.cache.stale_forbidden(h, route.policy.offline_stale)),
         };
         let online = upstream.connectivity().is_online();
         let plan = decide(stored, route.policy.strategy, online, directives);
@@ -150,6 +153,10 @@ impl Flow {
             (Plan::Revalidate, Some(hit)) => self.revalidate(hit, req, route, upstream, peer).await,
             (Plan::NotCached, _) => Err(ProxyError::NotCached {
                 upstream: upstream.name().to_string(),
+            }),
+            (Plan::StaleForbidden, _) => Err(ProxyError::StaleForbidden {
+                upstream: upstream.name().to_string(),
+                detail: None,
             }),
             (Plan::OfflineMiss, _) => Err(ProxyError::Offline {
                 upstream: upstream.name().to_string(),
@@ -283,6 +290,7 @@ impl Flow {
         peer: SocketAddr,
     ) -> Answer {
         let limit = route.policy.network_timeout;
+        let forbidden = self.cache.stale_forbidden(&hit, route.policy.offline_stale);
         match self
             .fetch(&req, route, upstream, Some(&hit), Some(limit), None, peer)
             .await
@@ -292,14 +300,19 @@ impl Flow {
                 self.serve(hit, &req, Outcome::Revalidated, route, upstream, peer).await
             }
             // A 5xx storm is an outage as far as the user is concerned: keep answering with what is
-            // stored (stale-if-error, RFC 5861 §4), unless the origin said must-revalidate.
+            // stored (stale-if-error, RFC 5861 §4), unless the origin said must-revalidate or the route
+            // keeps to the RFC for an answer that forbids it.
             Ok(Fetched::Full(resp))
-                if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504) && !hit.must_revalidate() =>
+                if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504) && !hit.must_revalidate() && !forbidden =>
             {
                 tracing::debug!(status = %resp.status(), "upstream error on revalidation; serving the stored response");
                 self.serve(hit, &req, Outcome::Stale, route, upstream, peer).await
             }
             Ok(Fetched::Full(resp)) => Ok((resp, Outcome::Miss)),
+            Err(e) if forbidden => Err(ProxyError::StaleForbidden {
+                upstream: upstream.name().to_string(),
+                detail: Some(e.to_string()),
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "revalidation failed; serving the stored response");
                 self.serve(hit, &req, Outcome::Offline, route, upstream, peer).await

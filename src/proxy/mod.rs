@@ -58,6 +58,8 @@ pub struct Proxy {
     cors: cors::Cors,
     /// Longest pause inside a request body; longest read of a write body in all.
     body_read_timeout: std::time::Duration,
+    /// `PURGE` from apps is honoured (`[cache] allow_purge`).
+    allow_purge: bool,
     /// Bytes of write bodies held while they are read to be queued (one permit per byte).
     buffered: Arc<tokio::sync::Semaphore>,
     store: Arc<Store>,
@@ -83,6 +85,7 @@ impl Proxy {
             tunnels: tunnel::Tunnels::new(shutdown),
             cors: cors::Cors::new(store.clone()),
             body_read_timeout: std::time::Duration::from_secs(30),
+            allow_purge: false,
             buffered: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
             forwarder,
             flow,
@@ -101,6 +104,40 @@ impl Proxy {
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         self.buffered = Arc::new(tokio::sync::Semaphore::new(permits));
         self
+    }
+
+    /// Honours `PURGE` requests (the caller's own stored answers for the URL).
+    pub fn with_purge(mut self, allow: bool) -> Proxy {
+        self.allow_purge = allow;
+        self
+    }
+
+    /// `PURGE url`: removes the caller's stored answers for the URL (every `Vary` variant in the
+    /// caller's partition; other users' answers are the admin API's business). Off unless configured.
+    async fn purge(&self, headers: &http::HeaderMap, uri: &Uri, route: &RouteMatch<'_>) -> Response<ProxyBody> {
+        if !self.allow_purge {
+            return body::json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "PURGE is off on this Outpost ([cache] allow_purge = true turns it on)",
+                None,
+            );
+        }
+        let partition = self.flow.partition(headers, route);
+        let key = self.forwarder.key_of(&partition, uri);
+        let url_key = key[partition.len()..].to_vec();
+        let evictor = self.evictor.clone();
+        let done = tokio::task::spawn_blocking(move || evictor.purge(&url_key, Some(&partition))).await;
+        match done {
+            Ok(Ok((entries, freed))) => {
+                let v = serde_json::json!({"purged_entries": entries, "freed_bytes": freed});
+                let mut r = Response::new(body::full(v.to_string()));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            Ok(Err(e)) => body::json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+            Err(e) => body::json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+        }
     }
 
     /// The outbox.
@@ -123,6 +160,19 @@ impl Proxy {
             return resp;
         }
         let (route, upstream) = self.forwarder.route(&method, &path);
+        if method.as_str() == "PURGE" {
+            let resp = self.purge(req.headers(), req.uri(), &route).await;
+            log_line(
+                &method,
+                &path,
+                route.name,
+                upstream.name(),
+                resp.status(),
+                Outcome::Bypass,
+                started,
+            );
+            return resp;
+        }
         let upstream = upstream.clone();
         let read = method == Method::GET || method == Method::HEAD;
         let cacheable = read && route.policy.strategy != crate::routes::Strategy::NetworkOnly;
@@ -179,6 +229,13 @@ impl Proxy {
         } else {
             self.pass(req, &route, &upstream, peer).await
         };
+        // Why Outpost answered itself, for Cache-Status (`detail`).
+        let failed = match &answer {
+            Ok(_) => None,
+            Err(ProxyError::Offline { .. }) => Some("offline"),
+            Err(ProxyError::StaleForbidden { .. }) => Some("stale-forbidden"),
+            Err(_) => Some("error"),
+        };
         // `made_here`: an answer of Outpost's own (errors, queued writes), which gets CORS fields.
         let (mut resp, outcome, made_here) = match (answer, origin.as_deref()) {
             (Ok((r, outcome)), None) => (r, outcome, false),
@@ -211,6 +268,7 @@ impl Proxy {
             HeaderName::from_static("x-outpost-cache"),
             HeaderValue::from_static(outcome.as_str()),
         );
+        cache_status(&mut resp, outcome, failed);
         if let Some(auth) = &authorization {
             // A paused queue (401/403 on replay) resumes once the upstream accepts newer credentials.
             if resp.status().is_success() && matches!(outcome, Outcome::Miss | Outcome::Revalidated | Outcome::Bypass) {
@@ -427,4 +485,19 @@ fn log_line(
         cache = outcome.as_str(),
         ms = started.elapsed().as_secs_f64() * 1000.0,
     );
+}
+
+/// Adds Outpost's member to `Cache-Status` (RFC 9211), after any an upstream cache put there.
+fn cache_status(resp: &mut Response<ProxyBody>, outcome: Outcome, failed: Option<&str>) {
+    let stored = resp.extensions().get::<crate::cache::Storing>().is_some();
+    let fwd_status = failed.is_none().then(|| resp.status().as_u16());
+    let ours = outcome.cache_status(fwd_status, stored, failed);
+    let name = HeaderName::from_static("cache-status");
+    let value = match resp.headers().get(&name).and_then(|v| v.to_str().ok()) {
+        Some(up) if !up.trim().is_empty() => format!("{up}, {ours}"),
+        _ => ours,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(name, v);
+    }
 }

@@ -46,6 +46,27 @@ fn target(item: &OutboxRecord) -> Result<(Method, Uri), String> {
     Ok((method, uri))
 }
 
+/// Why a replayed write's answer looks like a Wi-Fi login page rather than the backend: an HTML page
+/// (2xx, or a redirect carrying one) to a request that did not ask for HTML. With `probe_expect` on the
+/// upstream this is caught earlier and for every request; this rule needs no configuration.
+fn portal_like<B>(item: &OutboxRecord, resp: &Response<B>) -> Option<String> {
+    let status = resp.status();
+    if !(status.is_success() || status.is_redirection()) {
+        return None;
+    }
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    let asked_for_html = item.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("accept") && String::from_utf8_lossy(v).to_ascii_lowercase().contains("html")
+    });
+    (html && !asked_for_html).then(|| {
+        format!("the answer ({status}, text/html) does not look like the backend's (captive portal?); the write stays queued")
+    })
+}
+
 impl Delivery for Replayer {
     fn online(&self, item: &OutboxRecord) -> bool {
         // A record that does not parse is "online" so that the worker reaches it and dead-letters it.
@@ -72,10 +93,17 @@ impl Delivery for Replayer {
             req.headers_mut().insert(header::AUTHORIZATION, auth);
         }
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-        self.forwarder
+        let resp = self
+            .forwarder
             .forward(req, &route, upstream, peer, None)
             .await
-            .map_err(|e| SendError::Failed(e.to_string()))
+            .map_err(|e| SendError::Failed(e.to_string()))?;
+        if let Some(why) = portal_like(item, &resp) {
+            // Counting this as delivery would lose the write: keep it queued and wait for the backend.
+            upstream.connectivity().mark_offline(&why);
+            return Err(SendError::NotBackend(why));
+        }
+        Ok(resp)
     }
 
     fn conflict_policy(&self, item: &OutboxRecord) -> ConflictPolicy {
@@ -96,6 +124,31 @@ impl Delivery for Replayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A login page's `200 text/html` (or its redirect) is not delivery of a JSON write; the backend's
+    /// JSON, an HTML answer the app asked for, and errors are judged as before.
+    #[test]
+    fn a_portal_page_is_not_delivery() {
+        let rec = |accept: Option<&str>| OutboxRecord {
+            method: "PUT".into(),
+            uri: "/api/v1/x".into(),
+            headers: accept
+                .map(|a| vec![("accept".to_string(), a.as_bytes().to_vec())])
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let resp = |status: u16, ct: &str| {
+            let mut r = Response::new(());
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            r.headers_mut().insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            r
+        };
+        assert!(portal_like(&rec(None), &resp(200, "text/html; charset=utf-8")).is_some());
+        assert!(portal_like(&rec(Some("application/json")), &resp(302, "text/html")).is_some());
+        assert!(portal_like(&rec(None), &resp(200, "application/json")).is_none());
+        assert!(portal_like(&rec(Some("text/html,*/*")), &resp(200, "text/html")).is_none());
+        assert!(portal_like(&rec(None), &resp(500, "text/html")).is_none());
+    }
 
     #[test]
     fn records_that_do_not_parse_say_why() {

@@ -213,9 +213,24 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::error!(error = %e, "queueing a write failed");
-                Err(ProxyError::Internal {
+                // The store noted why; a full disk is named as such, with where it is.
+                let full = self.outbox.store_trouble().is_some_and(|t| t.full);
+                let dir = self.outbox.data_dir().display();
+                let reason = if full {
+                    format!(
+                        "the upstream is unreachable and the write was NOT queued: the disk holding \
+                         Outpost's data dir ({dir}) is full; free space there and retry ({e})"
+                    )
+                } else {
+                    format!(
+                        "the upstream is unreachable and the write was NOT queued: Outpost's data dir \
+                         ({dir}) did not take it; retry ({e})"
+                    )
+                };
+                Err(ProxyError::Storage {
                     upstream: upstream.name().to_string(),
-                    reason: format!("the upstream is unreachable and the write could not be queued: {e}"),
+                    reason,
+                    full,
                 })
             }
         }

@@ -165,6 +165,21 @@ impl Outbox {
         });
     }
 
+    /// Why the data dir is not taking writes, if it is not (a write that failed to queue says so).
+    pub fn store_trouble(&self) -> Option<crate::store::Trouble> {
+        self.store.trouble()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store_for_tests(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The data directory (named in answers about a full disk).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.store.dir()
+    }
+
     /// Replay settings.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings

@@ -22,12 +22,18 @@ const IDLE: Duration = Duration::from_secs(30);
 const OFFLINE_RECHECK: Duration = Duration::from_millis(500);
 /// How much of a refusing answer is kept with a dead letter.
 const KEPT_BODY: usize = 16 * 1024;
+/// First and longest wait before writing again what the store did not take (disk full).
+const BOOKS_FIRST: Duration = Duration::from_millis(500);
+const BOOKS_CAP: Duration = Duration::from_secs(30);
 
 /// Why a queued record was not answered by its upstream.
 #[derive(Debug)]
 pub enum SendError {
     /// The exchange failed (unreachable, timeout, broken): retried with backoff.
     Failed(String),
+    /// Something other than the backend answered (a captive portal): retried once the upstream is
+    /// reachable again, without counting as an attempt (a long hotel login must not make a dead letter).
+    NotBackend(String),
     /// The record cannot be turned into a request (its method or target does not parse): it becomes a
     /// dead letter with this reason, never a guess.
     Invalid(String),
@@ -49,6 +55,26 @@ pub trait Delivery: Send + Sync + 'static {
 pub struct ReplayWorker<D> {
     outbox: Arc<Outbox>,
     delivery: Arc<D>,
+    /// Outcomes the store did not take (disk full, I/O error). They are kept here and written again
+    /// with backoff, and nothing is sent while any is outstanding: a delivered write whose removal
+    /// failed is never sent again by this process (after a restart it would be, with the same
+    /// Idempotency-Key), and a failed retry keeps its backoff even though the store lost it.
+    unsettled: std::sync::Mutex<Unsettled>,
+}
+
+#[derive(Default)]
+struct Unsettled {
+    books: Vec<Book>,
+    failures: u32,
+    next: Option<tokio::time::Instant>,
+}
+
+/// One outcome to write.
+enum Book {
+    /// Delivered: remove.
+    Remove(OutboxRecord),
+    /// Retry later, stopped or dead letter: rewrite (was it pending before).
+    Update(OutboxRecord, bool),
 }
 
 /// What one attempt decided.
@@ -76,7 +102,11 @@ enum Verdict {
 impl<D: Delivery> ReplayWorker<D> {
     /// A worker over `outbox`, sending through `delivery`.
     pub fn new(outbox: Arc<Outbox>, delivery: Arc<D>) -> ReplayWorker<D> {
-        ReplayWorker { outbox, delivery }
+        ReplayWorker {
+            outbox,
+            delivery,
+            unsettled: std::sync::Mutex::new(Unsettled::default()),
+        }
     }
 
     /// Runs until `stop` resolves (an attempt in flight is finished first).
@@ -103,6 +133,9 @@ impl<D: Delivery> ReplayWorker<D> {
 
     /// Attempts the most urgent due item; returns how long to wait when nothing was due.
     async fn step(&self) -> Option<Duration> {
+        if let Some(wait) = self.settle() {
+            return Some(wait);
+        }
         if self.outbox.state() != QueueState::Running {
             return Some(IDLE);
         }
@@ -142,12 +175,18 @@ impl<D: Delivery> ReplayWorker<D> {
     }
 
     async fn attempt(&self, mut item: OutboxRecord) {
-        let verdict = match self.delivery.send(&item).await {
+        let sent = self.delivery.send(&item).await;
+        let not_backend = matches!(sent, Err(SendError::NotBackend(_)));
+        let verdict = match sent {
             Err(SendError::Failed(error)) => Verdict::Retry {
                 after: self.backoff(item.attempts),
                 error,
             },
             Err(SendError::Invalid(reason)) => Verdict::Invalid { reason },
+            Err(SendError::NotBackend(error)) => Verdict::Retry {
+                after: self.backoff(item.attempts),
+                error,
+            },
             Ok(resp) => {
                 let status = resp.status();
                 let retry_after = backoff::retry_after(resp.headers(), crate::clock::now());
@@ -162,14 +201,16 @@ impl<D: Delivery> ReplayWorker<D> {
             } => {
                 tracing::info!(id = %item.id, method = %item.method, uri = %item.uri, attempts = item.attempts + 1, "queued write delivered");
                 if let Err(e) = self.outbox.remove(&item) {
-                    // It stays queued and is replayed again with the same key: at-least-once.
-                    tracing::error!(id = %item.id, error = %e, "removing a delivered item failed");
+                    tracing::error!(id = %item.id, error = %e, "removing a delivered item failed; replay holds back until it is removed");
+                    self.hold(Book::Remove(item.clone()));
                 }
                 self.outbox.emit("delivered", &item, Some(status_of_delivery));
                 self.delivery.delivered(&item);
             }
             Verdict::Retry { after, error } => {
-                item.attempts += 1;
+                if !not_backend {
+                    item.attempts += 1;
+                }
                 item.last_error = Some(error);
                 item.next_try_ms = now_ms() + after.as_millis() as u64;
                 let s = self.outbox.settings();
@@ -208,8 +249,61 @@ impl<D: Delivery> ReplayWorker<D> {
 
     fn save(&self, item: &OutboxRecord, was_pending: bool) {
         if let Err(e) = self.outbox.update(item, was_pending) {
-            tracing::error!(id = %item.id, error = %e, "updating a queued item failed");
+            tracing::error!(id = %item.id, error = %e, "updating a queued item failed; replay holds back until it is written");
+            self.hold(Book::Update(item.clone(), was_pending));
         }
+    }
+
+    fn unsettled(&self) -> std::sync::MutexGuard<'_, Unsettled> {
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps an outcome the store did not take, to be written again after a backoff.
+    fn hold(&self, book: Book) {
+        let mut u = self.unsettled();
+        u.books.push(book);
+        if u.next.is_none() {
+            u.next = Some(tokio::time::Instant::now() + BOOKS_FIRST);
+        }
+    }
+
+    /// Writes held outcomes once due; `Some(wait)` while any is still outstanding (nothing is sent).
+    fn settle(&self) -> Option<Duration> {
+        let mut u = self.unsettled();
+        let next = u.next?;
+        let now = tokio::time::Instant::now();
+        if next > now {
+            return Some(next - now);
+        }
+        let books = std::mem::take(&mut u.books);
+        let total = books.len();
+        for book in books {
+            let written = match &book {
+                Book::Remove(item) => self.outbox.remove(item),
+                Book::Update(item, was_pending) => self.outbox.update(item, *was_pending),
+            };
+            if written.is_err() {
+                u.books.push(book);
+            }
+        }
+        if u.books.is_empty() {
+            tracing::warn!(
+                outcomes = total,
+                failures = u.failures,
+                "held replay outcomes written; replay goes on"
+            );
+            *u = Unsettled::default();
+            return None;
+        }
+        u.failures += 1;
+        let wait = BOOKS_FIRST.saturating_mul(1 << u.failures.min(16)).min(BOOKS_CAP);
+        u.next = Some(now + wait);
+        tracing::debug!(
+            outstanding = u.books.len(),
+            ?wait,
+            "the store still does not take replay outcomes"
+        );
+        Some(wait)
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
@@ -359,6 +453,68 @@ mod tests {
         assert_eq!(items[0].state, ItemState::DeadLetter);
         assert_eq!(items[0].attempts, 6);
         assert_eq!(outbox.depth(), 0);
+    }
+
+    /// A delivery that always succeeds, counting sends per record.
+    struct Accepting {
+        sends: Mutex<Vec<String>>,
+    }
+
+    impl Delivery for Accepting {
+        fn online(&self, _: &OutboxRecord) -> bool {
+            true
+        }
+        async fn send(&self, item: &OutboxRecord) -> Result<http::Response<ProxyBody>, SendError> {
+            self.sends.lock().unwrap().push(item.uri.clone());
+            Ok(http::Response::new(crate::body::empty()))
+        }
+        fn conflict_policy(&self, _: &OutboxRecord) -> ConflictPolicy {
+            ConflictPolicy::DeadLetter
+        }
+        fn delivered(&self, _: &OutboxRecord) {}
+    }
+
+    /// Delivered, but the store does not take the removal (disk full): the write is not sent again in
+    /// a loop (it was 578 arrivals in 10 s); replay holds back with backoff, and once the store takes
+    /// writes the removal lands and the rest of the queue goes, each write sent once.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivered_write_the_store_cannot_remove_is_not_sent_again() {
+        let (_dir, outbox, _) = setup(QueueSettings::default(), false);
+        outbox
+            .enqueue(OutboxRecord {
+                method: "PUT".into(),
+                uri: "/api/v1/y".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let store = outbox.store_for_tests();
+        store.inject_queue_write_failures(true);
+        let accepting = Arc::new(Accepting {
+            sends: Mutex::new(Vec::new()),
+        });
+        let stop = crate::server::ShutdownSignal::new();
+        let worker = tokio::spawn(ReplayWorker::new(outbox.clone(), accepting.clone()).run(stop.triggered()));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            *accepting.sends.lock().unwrap(),
+            vec!["/api/v1/x"],
+            "sent once, then held back"
+        );
+        assert!(store.troubled());
+        store.inject_queue_write_failures(false);
+        let started = tokio::time::Instant::now();
+        while outbox.depth() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            started.elapsed() <= BOOKS_CAP + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        stop.trigger();
+        worker.await.unwrap();
+        assert_eq!(*accepting.sends.lock().unwrap(), vec!["/api/v1/x", "/api/v1/y"]);
+        assert!(outbox.list().unwrap().is_empty());
     }
 
     /// A record that cannot be turned into a request is a dead letter with the reason, at once.

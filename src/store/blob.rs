@@ -258,6 +258,16 @@ impl BlobStore {
         })
     }
 
+    /// Checks that the blob directory takes a write: a 256 KiB file in `tmp/`, synced and removed (a
+    /// one-byte probe would pass on a disk with no room for any real body). Blocking.
+    pub fn probe(&self) -> io::Result<()> {
+        injected(&self.fail_writes)?;
+        let mut file = tempfile::Builder::new().prefix("probe-").tempfile_in(&self.tmp)?;
+        file.write_all(&[0u8; 256 * 1024])?;
+        file.as_file().sync_data()?;
+        Ok(())
+    }
+
     /// Fault injection: while on, every blob write fails as on a full disk (reads keep working).
     pub fn inject_write_failures(&self, on: bool) {
         self.fail_writes.store(on, std::sync::atomic::Ordering::Relaxed);

@@ -374,13 +374,28 @@ impl Store {
         Ok(new_blob)
     }
 
-    /// Rewrites an entry's head (after a 304), keeping its blob.
+    /// Rewrites an entry's head (after a 304), keeping its blob. Its retention-index key moves with its
+    /// response time (a 304 renews it), in the same batch. An entry no longer stored (or stored with
+    /// another body since) is left alone.
     pub fn update_entry(&self, key: &[u8], entry: &Entry) -> Result<(), StoreError> {
-        self.db.put_cf(
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = rocksdb::WriteBatch::default();
+        // Evicted while it was being revalidated: writing it back would make an entry without a body.
+        let Some(old) = self.entry(key)?.filter(|o| o.blob == entry.blob) else {
+            return Ok(());
+        };
+        if let Some(g) = &old.group {
+            batch.delete_cf(self.cf("groups"), group_index_key(g, old.response_time_ms, key));
+        }
+        if let Some(g) = &entry.group {
+            batch.put_cf(self.cf("groups"), group_index_key(g, entry.response_time_ms, key), b"");
+        }
+        batch.put_cf(
             self.cf("entries"),
             key,
             self.encode_record(key, &Record::Entry(entry.clone())),
-        )?;
+        );
+        self.db.write(batch)?;
         self.forget(Some(&[key]));
         Ok(())
     }

@@ -212,7 +212,7 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
-    fn note_write_error(&self) {
+    fn note_write_error(&self, _e: &StoreError) {
         self.state().write_errors += 1;
     }
 }

@@ -10,10 +10,13 @@
 mod blob;
 mod crypt;
 mod entry;
+mod health;
 mod memory;
 mod outbox;
 mod pins;
 mod private;
+mod purge;
+mod salvage;
 mod seam;
 mod verify;
 
@@ -26,8 +29,10 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
 pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained, StoredHeaders};
+pub use health::{watch as watch_health, Trouble};
 pub use memory::MemoryStorage;
 pub use pins::PinSet;
+pub use salvage::Salvaged;
 pub use seam::{Budget, Commit, DiskStorage, FillSink, Storage, Unbounded};
 pub use verify::VerifyReport;
 
@@ -68,6 +73,18 @@ pub enum StoreError {
     /// Another process holds the data directory.
     #[error("data dir {0} is in use by another Outpost process")]
     Locked(PathBuf),
+    /// A file of the database is damaged (truncated or corrupt); nothing was read from it.
+    #[error(
+        "data dir {dir} is damaged ({reason}); nothing was served from it. Stop Outpost, copy the \
+         directory if it matters, and run `outpost verify --repair --data-dir {dir}`: it rebuilds the \
+         database from what can still be read (records in unreadable files are lost)"
+    )]
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// RocksDB's words.
+        reason: String,
+    },
     /// RocksDB reported an error.
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
@@ -109,8 +126,8 @@ pub struct Store {
     commit_lock: Mutex<()>,
     /// Hot records (see [`entry::RecordCache`]).
     records: Mutex<entry::RecordCache>,
-    /// Fills that could not be stored (disk full, I/O errors), for stats.
-    write_errors: std::sync::atomic::AtomicU64,
+    /// Whether writes succeed (see [`health`]).
+    health: health::Health,
     /// Set when the data dir is encrypted at rest.
     at_rest: Option<std::sync::Arc<AtRest>>,
     // Held for the process lifetime: the OS lock is what keeps a second instance out.
@@ -149,29 +166,8 @@ impl Store {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
             Err(std::fs::TryLockError::Error(e)) => return Err(data_err(format!("cannot lock: {e}"))),
         }
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.set_keep_log_file_num(3);
-        opts.set_max_log_file_size(1 << 20);
-        // A sidecar on a phone or laptop: one small block cache shared by every family and small
-        // memtables, instead of RocksDB's server-sized defaults (a cache and 64 MB memtables per family).
-        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        let cf_opts = || {
-            let mut o = Options::default();
-            o.set_block_based_table_factory(&table);
-            o.set_write_buffer_size(4 << 20);
-            o.set_max_write_buffer_number(2);
-            o
-        };
-        opts.set_block_based_table_factory(&table);
-        let cfs = COLUMN_FAMILIES
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
-        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        let (opts, cfs) = db_options();
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs).map_err(|e| salvage::damaged(dir, e))?;
         let at_rest = key.map(|k| std::sync::Arc::new(AtRest::new(k)));
         // Nothing is read or cleaned up before the key is known to fit the data dir.
         let new = check_schema(&db, dir)?;
@@ -182,7 +178,7 @@ impl Store {
             dir: dir.to_path_buf(),
             commit_lock: Mutex::new(()),
             records: Mutex::new(entry::RecordCache::new(4096)),
-            write_errors: std::sync::atomic::AtomicU64::new(0),
+            health: health::Health::default(),
             at_rest,
             _lock: lock,
         })
@@ -216,16 +212,6 @@ impl Store {
             .unwrap_or_else(|| panic!("column family {name} is opened by Store::open"))
     }
 
-    /// Counts a fill that could not be stored (the answer was still served).
-    pub fn note_write_error(&self) {
-        self.write_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Fills that could not be stored since start.
-    pub fn write_errors(&self) -> u64 {
-        self.write_errors.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -239,6 +225,39 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// RocksDB's options for the data dir, and its column families.
+fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_keep_log_file_num(3);
+    opts.set_max_log_file_size(1 << 20);
+    // A sidecar on a phone or laptop: one small block cache shared by every family and small
+    // memtables, instead of RocksDB's server-sized defaults (a cache and 64 MB memtables per family).
+    let cache = rocksdb::Cache::new_lru_cache(8 << 20);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    let cf_opts = || {
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&table);
+        o.set_write_buffer_size(4 << 20);
+        o.set_max_write_buffer_number(2);
+        o
+    };
+    opts.set_block_based_table_factory(&table);
+    // The default family's memtable too: RocksDB sizes its write-ahead-log preallocation and, after a
+    // full disk, the free space it waits for before resuming writes by the largest memtable (64 MB by
+    // default, which a nearly full phone may not get back for a long time).
+    opts.set_write_buffer_size(4 << 20);
+    // Named, or the crate adds "default" with RocksDB's 64 MB memtable.
+    let cfs = std::iter::once(&"default")
+        .chain(COLUMN_FAMILIES.iter())
+        .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()))
+        .collect();
+    (opts, cfs)
 }
 
 fn meta(db: &DB) -> &rocksdb::ColumnFamily {

@@ -19,16 +19,18 @@ impl Store {
     /// Writes (inserts or replaces) a record durably; sealed when encrypted (it holds the app's
     /// headers, credentials included).
     pub fn outbox_put(&self, seq: u64, record: Vec<u8>) -> Result<(), StoreError> {
+        self.injected_queue_failure()?;
         let key = seq.to_be_bytes();
         let v = self.seal(&key, record);
-        self.db.put_cf_opt(self.cf("outbox"), key, v, &synced())?;
-        Ok(())
+        let r = self.db.put_cf_opt(self.cf("outbox"), key, v, &synced());
+        self.watched(r)
     }
 
     /// Writes several new records in one synced batch (group commit: one fsync for all), with the highest
     /// sequence number ever given out, so that numbers (and queue ids) never repeat, even after the
     /// outbox drained and the process restarted.
     pub fn outbox_put_all(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        self.injected_queue_failure()?;
         let mut batch = rocksdb::WriteBatch::default();
         let mut high = 0;
         for (seq, record) in records {
@@ -38,14 +40,25 @@ impl Store {
             batch.put_cf(self.cf("outbox"), key, v);
         }
         batch.put_cf(self.cf("meta"), SEQ_MARK, high.to_be_bytes());
-        self.db.write_opt(batch, &synced())?;
-        Ok(())
+        let r = self.db.write_opt(batch, &synced());
+        self.watched(r)
     }
 
     /// Deletes a record durably.
     pub fn outbox_delete(&self, seq: u64) -> Result<(), StoreError> {
-        self.db.delete_cf_opt(self.cf("outbox"), seq.to_be_bytes(), &synced())?;
-        Ok(())
+        self.injected_queue_failure()?;
+        let r = self.db.delete_cf_opt(self.cf("outbox"), seq.to_be_bytes(), &synced());
+        self.watched(r)
+    }
+
+    /// A write's result, with a failure noted in the store's health (the queue's writes are the ones
+    /// an app was or will be told about).
+    fn watched(&self, r: Result<(), rocksdb::Error>) -> Result<(), StoreError> {
+        r.map_err(|e| {
+            let e = StoreError::Db(e);
+            self.note_failure(&e);
+            e
+        })
     }
 
     /// A stored value opened (unsealed); `Err` when it fails authentication.

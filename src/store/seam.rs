@@ -66,8 +66,12 @@ pub trait Storage: Send + Sync + 'static {
     fn media_alias_of(&self, key: &[u8]) -> Result<Option<String>, StoreError>;
     /// Every key recorded for a media id.
     fn media_alias_keys(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError>;
-    /// Counts a fill that could not be stored.
-    fn note_write_error(&self);
+    /// Notes a fill that could not be stored (the answer was still served).
+    fn note_write_error(&self, e: &StoreError);
+    /// True while the storage does not take writes (disk full): fills are not attempted.
+    fn troubled(&self) -> bool {
+        false
+    }
 }
 
 /// What the size budget hears from the cache flow.
@@ -202,8 +206,12 @@ impl Storage for DiskStorage {
         self.0.media_alias_keys(id)
     }
 
-    fn note_write_error(&self) {
-        self.0.note_write_error()
+    fn note_write_error(&self, e: &StoreError) {
+        self.0.note_failure(e)
+    }
+
+    fn troubled(&self) -> bool {
+        self.0.troubled()
     }
 }
 

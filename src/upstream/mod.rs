@@ -157,14 +157,14 @@ impl Upstream {
         req: Request<ProxyBody>,
         limit: Duration,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        self.exchange(&self.client, req, limit).await
+        self.exchange(&self.client, req, limit, false).await
     }
 
     /// Sends a protocol-switch request over HTTP/1.1 within the same bounds as [`Upstream::send`]; on a
     /// `101` the connection is the caller's through `hyper::upgrade::on(&mut response)`.
     pub async fn send_upgrade(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
         let limit = self.config.connect_timeout + self.config.first_byte_timeout;
-        self.exchange(&self.upgrade_client, req, limit).await
+        self.exchange(&self.upgrade_client, req, limit, false).await
     }
 
     async fn exchange(
@@ -172,10 +172,20 @@ impl Upstream {
         client: &HttpClient,
         req: Request<ProxyBody>,
         limit: Duration,
+        probe: bool,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let name = &self.config.name;
         match tokio::time::timeout(limit, client.request(req)).await {
             Ok(Ok(resp)) => {
+                if let Some(why) = self.not_the_backend(&resp, probe) {
+                    // A captive portal (or anything else in the way) answered: the backend is not
+                    // reachable, whatever the status says.
+                    self.connectivity.mark_offline(&why);
+                    return Err(UpstreamError::Connect {
+                        upstream: name.clone(),
+                        reason: why,
+                    });
+                }
                 self.connectivity.mark_online();
                 let event_stream = resp
                     .headers()
@@ -220,6 +230,27 @@ impl Upstream {
 }
 
 impl Upstream {
+    /// Why an answer is not the backend's, by `probe_expect` (its field on every answer; its status on
+    /// the probe's).
+    fn not_the_backend<B>(&self, resp: &Response<B>, probe: bool) -> Option<String> {
+        let mark = self.config.expect.as_ref()?;
+        if let Some(h) = &mark.header {
+            if !resp.headers().contains_key(h.as_str()) {
+                return Some(format!(
+                    "an answer without {h} is not the backend's (captive portal?): status {}",
+                    resp.status()
+                ));
+            }
+        }
+        match mark.status {
+            Some(want) if probe && resp.status().as_u16() != want => Some(format!(
+                "the probe got {} instead of {want} (captive portal?)",
+                resp.status()
+            )),
+            _ => None,
+        }
+    }
+
     /// While the upstream is offline, asks `probe_path` every `probe_interval`; any answer marks it online
     /// (through [`Upstream::send_within`]). Ends when `stop` resolves.
     pub async fn probe_loop(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
@@ -245,7 +276,7 @@ impl Upstream {
                     return;
                 }
             };
-            match self.send_within(req, self.config.probe_timeout).await {
+            match self.exchange(&self.client, req, self.config.probe_timeout, true).await {
                 Ok(resp) => {
                     tracing::debug!(upstream = %self.config.name, status = %resp.status(), "probe answered");
                 }
