@@ -428,65 +428,16 @@ async fn vary_keeps_one_variant_per_request_header_value_rfc9111_4_1() {
 /// (RFC 9111 §4.2.4) and purging one URL (admin API, CLI, `PURGE`).
 mod rfc9111 {
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use std::time::Duration;
 
     use http::{Method, Request, Response};
     use outpost::admin::client::{admin_call, Collected, HttpClient};
     use outpost::body::{self, ProxyBody};
     use outpost::config::{Config, Overrides};
-    use outpost::server::{Server, ShutdownSignal};
     use outpost::Outpost;
-    use tokio::net::TcpListener;
 
-    /// An origin whose answer headers come from the request's query: `?h=Name:Value|Name:Value`.
-    struct Origin {
-        addr: SocketAddr,
-        hits: Arc<AtomicUsize>,
-        stop: ShutdownSignal,
-        server: Option<Server>,
-    }
-
-    impl Origin {
-        async fn start() -> Origin {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let hits = Arc::new(AtomicUsize::new(0));
-            let stop = ShutdownSignal::new();
-            let h = hits.clone();
-            let server = Server::spawn(
-                "origin",
-                listener,
-                stop.clone(),
-                Duration::from_millis(100),
-                Duration::from_secs(5),
-                move |req, _| {
-                    h.fetch_add(1, Ordering::Relaxed);
-                    answer(req)
-                },
-            );
-            Origin {
-                addr,
-                hits,
-                stop,
-                server: Some(server),
-            }
-        }
-
-        fn hits(&self) -> usize {
-            self.hits.load(Ordering::Relaxed)
-        }
-
-        async fn stop(&mut self) {
-            self.stop.trigger();
-            if let Some(s) = self.server.take() {
-                s.finished().await;
-            }
-        }
-    }
-
-    async fn answer(req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    /// The origin's answer: its headers come from the request's query, `?h=Name:Value|Name:Value`.
+    async fn answer(req: Request<hyper::body::Incoming>, _me: SocketAddr) -> Response<ProxyBody> {
         let query = req.uri().query().unwrap_or("").to_string();
         let mut resp = Response::new(body::full(format!("{{\"path\":\"{}\"}}", req.uri().path())));
         resp.headers_mut()
@@ -533,6 +484,8 @@ mod rfc9111 {
         Config::from_toml(&src, "rfc9111.toml", &Overrides::default()).unwrap()
     }
 
+    use crate::common::Origin;
+
     struct Env {
         origin: Origin,
         outpost: Outpost,
@@ -542,7 +495,7 @@ mod rfc9111 {
 
     impl Env {
         async fn start() -> Env {
-            let origin = Origin::start().await;
+            let origin = Origin::start(answer).await;
             let dir = tempfile::tempdir().unwrap();
             let outpost = Outpost::start(config(origin.addr, dir.path())).await.unwrap();
             Env {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,6 @@ use http_body_util::BodyExt;
 use outpost::admin::client::{Collected, HttpClient};
 use outpost::body::{self, ProxyBody};
 use outpost::config::{Config, Overrides};
-use outpost::server::{Server, ShutdownSignal};
 use outpost::Outpost;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -78,50 +77,7 @@ fn snapshot() -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "events": events })).unwrap()
 }
 
-struct Backend {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    stop: ShutdownSignal,
-    server: Option<Server>,
-}
-
-impl Backend {
-    async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let stop = ShutdownSignal::new();
-        let h = hits.clone();
-        let server = Server::spawn(
-            "backend",
-            listener,
-            stop.clone(),
-            Duration::from_millis(200),
-            Duration::from_secs(5),
-            move |req, _| {
-                h.fetch_add(1, Ordering::Relaxed);
-                answer(req, addr)
-            },
-        );
-        Backend {
-            addr,
-            hits,
-            stop,
-            server: Some(server),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(&mut self) {
-        self.stop.trigger();
-        if let Some(s) = self.server.take() {
-            s.finished().await;
-        }
-    }
-}
+type Backend = common::Origin;
 
 /// nginx-like: JSON is compressed with the coding named in `?c=` (default gzip) when the request
 /// accepts it, with `Vary: Accept-Encoding` and a strong ETag; media bytes are not compressed.
@@ -322,7 +278,7 @@ const PLAIN: &[(&str, &str)] = &[];
 
 #[tokio::test]
 async fn compressed_json_is_rewritten_pinned_stored_compressed_and_served_offline_to_any_client() {
-    let mut backend = Backend::start().await;
+    let mut backend = Backend::start(answer).await;
     let dir = tempfile::tempdir().unwrap();
     let outpost = Outpost::start(config(&backend.url(), "", dir.path())).await.unwrap();
     let client = HttpClient::new(Duration::from_secs(20));
@@ -464,7 +420,7 @@ async fn compressed_json_is_rewritten_pinned_stored_compressed_and_served_offlin
 
 #[tokio::test]
 async fn a_zip_bomb_is_a_502_on_json_routes_an_aborted_body_elsewhere_and_never_stored() {
-    let mut backend = Backend::start().await;
+    let mut backend = Backend::start(answer).await;
     let dir = tempfile::tempdir().unwrap();
     let outpost = Outpost::start(config(&backend.url(), "", dir.path())).await.unwrap();
     let client = HttpClient::new(Duration::from_secs(60));
@@ -496,7 +452,7 @@ async fn a_zip_bomb_is_a_502_on_json_routes_an_aborted_body_elsewhere_and_never_
 
 #[tokio::test]
 async fn redirects_and_links_to_an_upstream_stay_on_outpost() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(answer).await;
     let dir = tempfile::tempdir().unwrap();
     let outpost = Outpost::start(config(&backend.url(), "", dir.path())).await.unwrap();
     let client = HttpClient::new(Duration::from_secs(20));
@@ -679,7 +635,7 @@ async fn a_websocket_is_tunnelled_both_ways_and_refused_fast_while_offline() {
 
 #[tokio::test]
 async fn pins_last_across_a_restart_under_budget_pressure_and_only_the_list_sets_them() {
-    let mut backend = Backend::start().await;
+    let mut backend = Backend::start(answer).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config_with(&backend.url(), "max_size = \"450KB\"", "", dir.path());
     let outpost = Outpost::start(config.clone()).await.unwrap();
@@ -781,7 +737,7 @@ async fn interim_1xx_answers_are_dropped_and_the_final_answer_is_forwarded_and_s
 
 #[tokio::test]
 async fn cookie_sessions_are_kept_apart_and_a_stored_set_cookie_is_never_replayed() {
-    let mut backend = Backend::start().await;
+    let mut backend = Backend::start(answer).await;
     let dir = tempfile::tempdir().unwrap();
     let outpost = Outpost::start(config(&backend.url(), "", dir.path())).await.unwrap();
     let client = HttpClient::new(Duration::from_secs(10));

@@ -155,17 +155,7 @@ impl Store {
                 "the data dir is open to other users (cached answers, queued requests and their credentials): chmod 700 it"
             );
         }
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("outpost.lock"))
-            .map_err(|e| data_err(format!("cannot open lock file: {e}")))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
-            Err(std::fs::TryLockError::Error(e)) => return Err(data_err(format!("cannot lock: {e}"))),
-        }
+        let lock = lock_dir(dir)?;
         let (opts, cfs) = db_options();
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs).map_err(|e| salvage::damaged(dir, e))?;
         let at_rest = key.map(|k| std::sync::Arc::new(AtRest::new(k)));
@@ -224,6 +214,26 @@ impl Store {
             self.db.flush_cf(self.cf(name))?;
         }
         Ok(())
+    }
+}
+
+/// Takes the data dir's lock file: the OS lock is what keeps a second process out (held while the
+/// returned file is open).
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let data_err = |reason: String| StoreError::DataDir {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("outpost.lock"))
+        .map_err(|e| data_err(format!("cannot open lock file: {e}")))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(data_err(format!("cannot lock: {e}"))),
     }
 }
 

@@ -7,12 +7,11 @@
 //! drops entries whose body went with them. Cached answers lost this way are only future misses;
 //! queued writes in an unreadable file cannot be recovered, and the report says how many remain.
 
-use std::fs::File;
 use std::path::Path;
 
 use rocksdb::DB;
 
-use super::{db_options, Store, StoreError};
+use super::{db_options, lock_dir, Store, StoreError};
 
 /// Maps an open error: damage to [`StoreError::Damaged`], anything else as it is.
 pub(super) fn damaged(dir: &Path, e: rocksdb::Error) -> StoreError {
@@ -36,21 +35,7 @@ impl Store {
     /// Rebuilds a damaged data dir's database from what can still be read. Takes the data dir's lock
     /// (Outpost must not be running on it). Run [`Store::verify`] with repair after it.
     pub fn salvage(dir: &Path) -> Result<Salvaged, StoreError> {
-        let data_err = |reason: String| StoreError::DataDir {
-            dir: dir.to_path_buf(),
-            reason,
-        };
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("outpost.lock"))
-            .map_err(|e| data_err(format!("cannot open lock file: {e}")))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
-            Err(std::fs::TryLockError::Error(e)) => return Err(data_err(format!("cannot lock: {e}"))),
-        }
+        let _lock = lock_dir(dir)?;
         let db_dir = dir.join("db");
         let lost = db_dir.join("lost");
         let before = list(&lost);

@@ -197,3 +197,58 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An origin of the test's own on 127.0.0.1:0: `handler` gets each request and the origin's address;
+/// requests are counted; `stop` closes it (connections are refused from then on).
+pub struct Origin {
+    pub addr: std::net::SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: outpost::server::ShutdownSignal,
+    server: Option<outpost::server::Server>,
+}
+
+impl Origin {
+    pub async fn start<H, F>(handler: H) -> Origin
+    where
+        H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = http::Response<outpost::body::ProxyBody>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = outpost::server::ShutdownSignal::new();
+        let h = hits.clone();
+        let server = outpost::server::Server::spawn(
+            "origin",
+            listener,
+            stop.clone(),
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            move |req, _| {
+                h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                handler(req, addr)
+            },
+        );
+        Origin {
+            addr,
+            hits,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn stop(&mut self) {
+        self.stop.trigger();
+        if let Some(s) = self.server.take() {
+            s.finished().await;
+        }
+    }
+}
