@@ -38,6 +38,15 @@ pub enum EvictReason {
 }
 
 impl EvictReason {
+    /// Every reason (metrics exist for each from the start).
+    pub const ALL: [EvictReason; 5] = [
+        EvictReason::Size,
+        EvictReason::Unreferenced,
+        EvictReason::Cleared,
+        EvictReason::Unused,
+        EvictReason::Retention,
+    ];
+
     /// Stable label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -165,6 +165,11 @@ impl Outpost {
         tokio::spawn(store::watch_health(store.clone(), shutdown.triggered()));
         evictor.wake();
         let metrics = Arc::new(Metrics::new());
+        // The counts behind the hit rates survive restarts: restored here, saved every 30 s and at stop.
+        if let Some(saved) = store.setting(HIT_COUNTS)? {
+            metrics.restore_outcomes(&saved);
+        }
+        tokio::spawn(keep_hit_counts(store.clone(), metrics.clone(), shutdown.triggered()));
         let cache = Arc::new(
             Cache::new(
                 Arc::new(DiskStorage(store.clone())),
@@ -307,5 +312,28 @@ impl Outpost {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }
         tracing::info!("outpost stopped");
+    }
+}
+
+/// Setting under which the hit-rate counts are kept.
+const HIT_COUNTS: &str = "hit_counts";
+
+/// Saves the hit-rate counts every 30 s and once more when `stop` resolves.
+async fn keep_hit_counts(store: Arc<Store>, metrics: Arc<Metrics>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let stopping = tokio::select! {
+            _ = &mut stop => true,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => false,
+        };
+        let json = metrics.outcomes_json();
+        let s = store.clone();
+        let saved = tokio::task::spawn_blocking(move || s.set_setting(HIT_COUNTS, Some(&json))).await;
+        if let Ok(Err(e)) = saved {
+            tracing::debug!(error = %e, "saving hit-rate counts failed");
+        }
+        if stopping {
+            return;
+        }
     }
 }

@@ -1,6 +1,25 @@
 //! The `outpost` command: parses flags, loads config, and calls the library. What it prints is
 //! rendered in [`cli`].
 
+/// What the command prints goes through these instead of std's: when stdout is a closed pipe
+/// (`outpost check-config F | head -1`) the command ends quietly (exit 0) instead of panicking; other
+/// write errors (a full disk under a redirect) are reported and exit 1.
+macro_rules! print {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let written = write!(std::io::stdout(), $($t)*);
+        $crate::stdout_written(written);
+    }};
+}
+
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let written = writeln!(std::io::stdout(), $($t)*);
+        $crate::stdout_written(written);
+    }};
+}
+
 mod cli;
 
 use std::net::SocketAddr;
@@ -171,7 +190,7 @@ impl AdminArgs {
 enum CacheAction {
     /// Size per kind against the limit, hit rates, dedup savings, evictions.
     Stats,
-    /// Clear everything, one kind, or one user partition.
+    /// Clear everything (--all), one kind, or one user partition.
     Clear {
         /// Clear only this kind (messages, snapshots, audio, library, ...).
         #[arg(long)]
@@ -179,6 +198,9 @@ enum CacheAction {
         /// Clear only this partition (e.g. sub:alice).
         #[arg(long)]
         partition: Option<String>,
+        /// Clear everything (needed when no --kind or --partition is given).
+        #[arg(long, conflicts_with_all = ["kind", "partition"])]
+        all: bool,
     },
     /// Remove every stored answer for one URL (all its Vary variants), for every user or one.
     Purge {
@@ -213,15 +235,71 @@ enum QueueAction {
     Resume,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr from a writer thread of their own: a request's thread only queues its line (a slow
+/// or blocked stderr never holds a request; past 64k queued lines new ones are dropped and counted).
+/// Lines stay whole and in order; the returned guard writes out what is queued when dropped, at exit.
+/// Colour only when stderr is a terminal.
+fn init_logging(format: LogFormat) -> Logging {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("outpost-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    Logging {
+        guard: Some(guard),
+        dropped,
+    }
+}
+
+/// Keeps the log writer thread until the command ends.
+struct Logging {
+    guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    dropped: tracing_appender::non_blocking::ErrorCounter,
+}
+
+impl Drop for Logging {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let n = self.dropped.dropped_lines();
+        if n > 0 {
+            eprintln!("outpost: {n} log lines were dropped because stderr could not keep up");
+        }
+    }
+}
+
+/// An admin API failure worded by its cause: nothing answering, or the API refusing (401, 404, 400...).
+fn admin_error(addr: SocketAddr) -> impl Fn(outpost::admin::client::ClientError) -> anyhow::Error {
+    move |e| match e {
+        outpost::admin::client::ClientError::Transport(why) => {
+            anyhow::anyhow!("no Outpost answering on admin address {addr} (is it running? pass --admin ADDR): {why}")
+        }
+        outpost::admin::client::ClientError::Answer(why) => {
+            anyhow::anyhow!("the admin API at {addr} refused: {why}")
+        }
+    }
+}
+
+/// Ends the process on a failed write to stdout (see `println!` above).
+fn stdout_written(r: std::io::Result<()>) {
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -261,7 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => Config::load(path, &overrides)?,
                 None => Config::from_overrides(&overrides)?,
             };
-            init_logging(flag_format.unwrap_or(config.log_format));
+            let _logging = init_logging(flag_format.unwrap_or(config.log_format));
             let outpost = Outpost::start(config).await?;
             let stop = shutdown_signal();
             println!(
@@ -286,7 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo { keep_running } => {
-            init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text));
             let report = outpost::demo::story::run(keep_running).await.context("demo")?;
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
@@ -300,7 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             control,
             audio_size,
         } => {
-            init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text));
             let backend = DemoBackend::start(DemoOptions {
                 api: listen,
                 media,
@@ -325,12 +403,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token = admin.token()?;
             let body = outpost::admin::client::get_json(admin.admin, "/api/status", &token)
                 .await
-                .with_context(|| {
-                    format!(
-                        "no Outpost answering on admin address {} (is it running? pass --admin ADDR)",
-                        admin.admin
-                    )
-                })?;
+                .map_err(admin_error(admin.admin))?;
             println!("{}", outpost::admin::client::render_status(&body));
             if let Ok(stats) = outpost::admin::client::get_json(admin.admin, "/api/stats", &token).await {
                 println!("{}", cli::hit_rate_line(&stats));
@@ -345,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key_file,
             key_env,
         } => {
-            init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text));
             let tmp = std::fs::read_dir(data_dir.join("blobs").join("tmp"))
                 .map(|d| d.count())
                 .unwrap_or(0);
@@ -427,28 +500,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache { admin, action } => {
             use http::Method;
             use outpost::admin::client::{admin_call_body, get_json};
-            let not_running = || {
-                format!(
-                    "no Outpost answering on admin address {} (is it running? pass --admin ADDR)",
-                    admin.admin
-                )
-            };
             match action {
                 CacheAction::Stats => {
                     let v = get_json(admin.admin, "/api/stats", &admin.token()?)
                         .await
-                        .with_context(not_running)?;
+                        .map_err(admin_error(admin.admin))?;
                     println!("{}", outpost::admin::client::render_stats(&v));
                 }
-                CacheAction::Clear { kind, partition } => {
+                CacheAction::Clear { kind, partition, all } => {
                     let token = admin.token()?;
-                    let body = match (&kind, &partition) {
-                        (None, None) => serde_json::json!({"all": true}),
+                    let body = match (&kind, &partition, all) {
+                        (None, None, true) => serde_json::json!({"all": true}),
+                        (None, None, false) => anyhow::bail!(
+                            "say what to clear: --all, --kind KIND or --partition PARTITION (nothing was cleared)"
+                        ),
                         _ => serde_json::json!({"kind": kind, "partition": partition}),
                     };
                     let v = admin_call_body(admin.admin, Method::POST, "/api/cache/clear", &token, &body)
                         .await
-                        .with_context(not_running)?;
+                        .map_err(admin_error(admin.admin))?;
                     println!(
                         "cleared {} entries, freed {} bytes",
                         v["cleared_entries"], v["freed_bytes"]
@@ -463,7 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let path = format!("/api/cache?{}", q.finish());
                     let v = outpost::admin::client::admin_call(admin.admin, Method::DELETE, &path, &admin.token()?)
                         .await
-                        .with_context(not_running)?;
+                        .map_err(admin_error(admin.admin))?;
                     println!(
                         "purged {} entries for {url}, freed {} bytes",
                         v["purged_entries"], v["freed_bytes"]
@@ -475,16 +545,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue { admin, action } => {
             use http::Method;
             use outpost::admin::client::{admin_call, get_json};
-            let not_running = || {
-                format!(
-                    "no Outpost answering on admin address {} (is it running? pass --admin ADDR)",
-                    admin.admin
-                )
-            };
             if let QueueAction::List = action {
                 let v = get_json(admin.admin, "/api/queue", &admin.token()?)
                     .await
-                    .with_context(not_running)?;
+                    .map_err(admin_error(admin.admin))?;
                 print!("{}", cli::queue_table(&v));
                 return Ok(ExitCode::SUCCESS);
             }
@@ -499,7 +563,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let v = admin_call(admin.admin, method, &path, &token)
                 .await
-                .with_context(not_running)?;
+                .map_err(admin_error(admin.admin))?;
             println!("{v}");
             Ok(ExitCode::SUCCESS)
         }

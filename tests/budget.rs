@@ -194,6 +194,29 @@ async fn stats_and_metrics_count_outcomes_per_kind() {
     assert!(text.contains("outpost_cache_bytes"), "{text}");
     assert!(text.contains("outpost_upstream_online{upstream=\"api\"} 1"), "{text}");
     assert!(text.contains("outpost_request_duration_seconds_bucket"), "{text}");
+    // Prometheus habits: counters end in _total and exist from the start at 0.
+    for line in [
+        "outpost_evictions_total{reason=\"size\"} 0",
+        "outpost_evicted_bytes_total{reason=\"retention\"} 0",
+        "outpost_store_write_errors_total 0",
+        "outpost_dead_letters 0",
+        "outpost_store_writable 1",
+        &format!("outpost_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    // The counts behind the hit rate survive a restart.
+    let env = env.restart(|_, _| {}).await;
+    env.get("/media/s3/renders/a1.mp3").await;
+    let s = stats(&env).await;
+    assert_eq!(
+        (
+            s["kinds"]["audio"]["miss"].as_u64(),
+            s["kinds"]["audio"]["hit"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{s}"
+    );
     env.stop().await;
 }
 

@@ -726,6 +726,38 @@ mod rfc9111 {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
         assert!(text.contains("purged 2 entries"), "{text}");
+        // `cache clear` without a selector refuses; an unknown kind is named with the known ones.
+        env.get_as("/q?h=Cache-Control:max-age=60", "Bearer bob-token").await;
+        let admin = env.outpost.admin_addr().to_string();
+        let dir = env.dir.path().to_path_buf();
+        let run = move |args: &[&str]| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"));
+            cmd.args(args).args(["--admin", &admin]).arg("--data-dir").arg(&dir);
+            cmd
+        };
+        let (mut bare, mut typo) = (run(&["cache", "clear"]), run(&["cache", "clear", "--kind", "audoi"]));
+        let mut wrong = run(&["cache", "stats", "--token", "wrong"]);
+        let (bare, typo, wrong) = tokio::task::spawn_blocking(move || {
+            (bare.output().unwrap(), typo.output().unwrap(), wrong.output().unwrap())
+        })
+        .await
+        .unwrap();
+        // A refusal is worded as one, not as "nothing answering".
+        let why = String::from_utf8_lossy(&wrong.stderr);
+        assert!(
+            why.contains("refused: 401") && !why.contains("no Outpost answering"),
+            "{why}"
+        );
+        assert!(!bare.status.success());
+        assert!(String::from_utf8_lossy(&bare.stderr).contains("--all"));
+        assert!(!typo.status.success());
+        let why = String::from_utf8_lossy(&typo.stderr);
+        assert!(
+            why.contains("unknown kind \"audoi\"") && why.contains("known: other"),
+            "{why}"
+        );
+        let r = env.get_as("/q?h=Cache-Control:max-age=60", "Bearer bob-token").await;
+        assert_eq!(r.header("x-outpost-cache"), Some("HIT"), "nothing was cleared");
         env.stop().await;
     }
 

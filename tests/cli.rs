@@ -119,3 +119,24 @@ fn serve_with_only_an_upstream_flag_starts_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `outpost check-config F | head -1`: a reader that closes the pipe early ends the command quietly
+/// (it panicked with exit 101 before).
+#[test]
+fn a_closed_pipe_on_stdout_ends_quietly() {
+    let mut child = outpost()
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/outpost.toml"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end goes away before anything is read.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

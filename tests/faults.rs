@@ -42,6 +42,12 @@ async fn a_full_disk_keeps_serving_stores_nothing_partial_reports_and_recovers()
     .unwrap();
     assert_eq!(status["store"]["writable"], false, "{status}");
     assert_eq!(status["store"]["disk_full"], true, "{status}");
+    // Not ready (no token needed, like /healthz): the store does not take writes.
+    let readyz = format!("http://{}/readyz", env.outpost.admin_addr());
+    let r = env.client.call(http::Method::GET, &readyz, &[], None).await.unwrap();
+    assert_eq!(r.head.status, 503);
+    assert_eq!(r.json()["store"]["writable"], false);
+    assert_eq!(r.json()["replay_worker"], "running");
     let tmp = std::fs::read_dir(env.dir.path().join("blobs/tmp")).unwrap().count();
     assert_eq!(tmp, 0, "no partial blob left behind");
     // What was stored before is still served, offline too.
@@ -60,6 +66,9 @@ async fn a_full_disk_keeps_serving_stores_nothing_partial_reports_and_recovers()
         assert!(Instant::now() < deadline, "never stored again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let r = env.client.call(http::Method::GET, &readyz, &[], None).await.unwrap();
+    assert_eq!(r.head.status, 200, "ready again: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["ready"], true);
     env.stop().await;
 }
 

@@ -31,6 +31,11 @@ struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -50,12 +55,30 @@ pub struct Metrics {
     queue_depth: Gauge,
     upstream_online: Family<UpstreamLabel, Gauge>,
     store_writable: Gauge,
-    evictions: Family<ReasonLabel, Gauge>,
-    evicted_bytes: Family<ReasonLabel, Gauge>,
+    evictions: Family<ReasonLabel, Counter>,
+    evicted_bytes: Family<ReasonLabel, Counter>,
+    store_write_errors: Counter,
+    dead_letters: Gauge,
     by_kind: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Per route: its latency histogram and request counters, resolved once (metric handles share their
     /// atomics), so recording a request allocates nothing.
     hot: Mutex<std::collections::HashMap<String, RouteHandles>>,
+}
+
+/// What a scrape reads from the rest of Outpost.
+pub struct Scrape<'a> {
+    /// Bytes of blobs on disk.
+    pub cache_bytes: u64,
+    /// Queued writes waiting.
+    pub queue_depth: usize,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// (upstream, online).
+    pub upstreams: &'a [(String, bool)],
+    /// Evictions by reason: (count, bytes) since start.
+    pub evictions: &'a BTreeMap<&'static str, (u64, u64)>,
+    /// Writes the store did not take since start.
+    pub store_write_errors: u64,
 }
 
 impl Default for Metrics {
@@ -102,17 +125,44 @@ impl Metrics {
             "1 while the data dir takes writes, 0 while it does not (disk full, I/O errors)",
             store_writable.clone(),
         );
-        let evictions = Family::<ReasonLabel, Gauge>::default();
+        // Counters (`_total` on the wire) that exist from the start, at 0.
+        let evictions = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "outpost_evictions",
             "Evictions since start, by reason",
             evictions.clone(),
         );
-        let evicted_bytes = Family::<ReasonLabel, Gauge>::default();
+        let evicted_bytes = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "outpost_evicted_bytes",
             "Bytes freed by eviction since start, by reason",
             evicted_bytes.clone(),
+        );
+        for reason in crate::evict::EvictReason::ALL {
+            let l = ReasonLabel {
+                reason: reason.as_str().to_string(),
+            };
+            evictions.get_or_create(&l).inc_by(0);
+            evicted_bytes.get_or_create(&l).inc_by(0);
+        }
+        let store_write_errors = Counter::default();
+        registry.register(
+            "outpost_store_write_errors",
+            "Writes the data dir did not take since start (fills, queue bookkeeping)",
+            store_write_errors.clone(),
+        );
+        let dead_letters = Gauge::default();
+        registry.register(
+            "outpost_dead_letters",
+            "Queued writes that stopped for good and wait for the app or the user",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "outpost_build",
+            "Outpost's version",
+            prometheus_client::metrics::info::Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
         );
         Metrics {
             registry,
@@ -124,6 +174,8 @@ impl Metrics {
             store_writable,
             evictions,
             evicted_bytes,
+            store_write_errors,
+            dead_letters,
             by_kind: Mutex::new(BTreeMap::new()),
             hot: Mutex::new(std::collections::HashMap::new()),
         }
@@ -191,32 +243,53 @@ impl Metrics {
         out
     }
 
+    /// The counts behind the hit rates, as JSON (`{"kind": {"HIT": n, ...}}`), to keep across restarts.
+    pub fn outcomes_json(&self) -> String {
+        serde_json::to_string(&self.outcomes_by_kind()).unwrap_or_default()
+    }
+
+    /// Adds counts saved by [`Metrics::outcomes_json`] (at start; unknown outcome labels are skipped).
+    pub fn restore_outcomes(&self, saved: &str) {
+        let Ok(saved) = serde_json::from_str::<BTreeMap<String, BTreeMap<String, u64>>>(saved) else {
+            tracing::warn!("saved hit-rate counts are unreadable; starting from 0");
+            return;
+        };
+        let Ok(mut m) = self.by_kind.lock() else { return };
+        for (kind, outcomes) in saved {
+            for (label, n) in outcomes {
+                if let Some(o) = crate::cache::Outcome::ALL.iter().find(|o| o.as_str() == label) {
+                    *m.entry((kind.clone(), o.as_str())).or_default() += n;
+                }
+            }
+        }
+    }
+
     /// Whether the data dir takes writes (read at scrape time).
     pub fn set_store_writable(&self, writable: bool) {
         self.store_writable.set(i64::from(writable));
     }
 
-    /// Sets the gauges read at scrape time and renders the text format.
-    pub fn render(
-        &self,
-        cache_bytes: u64,
-        queue_depth: usize,
-        upstreams: &[(String, bool)],
-        evictions: &BTreeMap<&'static str, (u64, u64)>,
-    ) -> String {
-        self.cache_bytes.set(cache_bytes as i64);
-        self.queue_depth.set(queue_depth as i64);
-        for (name, online) in upstreams {
+    /// Sets the values read at scrape time and renders the text format.
+    pub fn render(&self, s: &Scrape<'_>) -> String {
+        self.cache_bytes.set(s.cache_bytes as i64);
+        self.queue_depth.set(s.queue_depth as i64);
+        self.dead_letters.set(s.dead_letters as i64);
+        // Counted elsewhere (monotonic since start); the counters catch up.
+        let catch_up = |c: &Counter, total: u64| {
+            c.inc_by(total.saturating_sub(c.get()));
+        };
+        catch_up(&self.store_write_errors, s.store_write_errors);
+        for (name, online) in s.upstreams {
             self.upstream_online
                 .get_or_create(&UpstreamLabel { upstream: name.clone() })
                 .set(i64::from(*online));
         }
-        for (reason, (n, bytes)) in evictions {
+        for (reason, (n, bytes)) in s.evictions {
             let l = ReasonLabel {
                 reason: reason.to_string(),
             };
-            self.evictions.get_or_create(&l).set(*n as i64);
-            self.evicted_bytes.get_or_create(&l).set(*bytes as i64);
+            catch_up(&self.evictions.get_or_create(&l), *n);
+            catch_up(&self.evicted_bytes.get_or_create(&l), *bytes);
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

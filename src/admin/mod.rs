@@ -1,7 +1,7 @@
 //! The admin API on its own (loopback by default) port: the dashboard page at `/`, status, stats, metrics,
 //! the queue (and its event stream, [`events`]), the cache and settings.
 //!
-//! Promises: every call but the dashboard page itself and `/healthz` (and `/metrics` with
+//! Promises: every call but the dashboard page itself, `/healthz` and `/readyz` (and `/metrics` with
 //! `public_metrics = true`) needs the admin token — reads too, since queued URLs and kept dead-letter
 //! bodies may hold secrets (created on first start in the data dir with mode 0600, compared in constant
 //! time, sent as `Authorization: Bearer <token>` or `X-Outpost-Token`; no cookies, so no CSRF); a missing
@@ -158,7 +158,7 @@ impl Admin {
         let read = method == Method::GET || method == Method::HEAD;
         let open = read
             && match segs.as_slice() {
-                [""] | ["index.html"] | ["healthz"] => true,
+                [""] | ["index.html"] | ["healthz"] | ["readyz"] => true,
                 ["metrics"] => self.config.public_metrics,
                 _ => false,
             };
@@ -187,6 +187,7 @@ impl Admin {
                 r
             }
             (&Method::GET, ["healthz"]) => json_ok(json!({"ok": true})),
+            (&Method::GET, ["readyz"]) => self.readyz(),
             (&Method::GET, ["api", "status"]) => json_ok(self.status()),
             (&Method::GET, ["api", "stats"]) => json_ok(self.stats()),
             (&Method::GET, ["api", "events"]) => events::stream(self.outbox.subscribe(), &self.shutdown),
@@ -197,12 +198,15 @@ impl Admin {
                     .map(|u| (u.name().to_string(), u.connectivity().is_online()))
                     .collect();
                 self.metrics.set_store_writable(!self.store.troubled());
-                let text = self.metrics.render(
-                    self.evictor.used(),
-                    self.outbox.depth(),
-                    &ups,
-                    &self.evictor.counts().by_reason,
-                );
+                let evictions = self.evictor.counts().by_reason;
+                let text = self.metrics.render(&metrics::Scrape {
+                    cache_bytes: self.evictor.used(),
+                    queue_depth: self.outbox.depth(),
+                    dead_letters: self.outbox.dead_letters(),
+                    upstreams: &ups,
+                    evictions: &evictions,
+                    store_write_errors: self.store.write_errors(),
+                });
                 let mut r = Response::new(body::full(text));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -249,6 +253,7 @@ impl Admin {
                 queue_result(self.outbox.drop_item(id).map(|_| json!({"dropped": id})))
             }
             (_, ["healthz"])
+            | (_, ["readyz"])
             | (_, ["api", "status"])
             | (_, ["api", "queue", ..])
             | (_, ["api", "stats"])
@@ -314,6 +319,21 @@ impl Admin {
                 None,
             );
         }
+        if let Some(k) = kind {
+            // A typo must not clear nothing and say "0 cleared" as if that were the answer.
+            let mut known: std::collections::BTreeSet<String> =
+                self.config.routes.iter().map(|r| r.policy.kind.clone()).collect();
+            known.insert(crate::routes::RoutePolicy::default().kind);
+            known.extend(self.store.kind_usage().unwrap_or_default().into_keys());
+            if !known.contains(k) {
+                let list: Vec<&str> = known.iter().map(String::as_str).collect();
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown kind {k:?} (known: {})", list.join(", ")),
+                    None,
+                );
+            }
+        }
         let keys = match self.store.entry_keys_where(kind, partition) {
             Ok(k) => k,
             Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
@@ -355,6 +375,30 @@ impl Admin {
             Ok((entries, freed)) => json_ok(json!({"url": url, "purged_entries": entries, "freed_bytes": freed})),
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
         }
+    }
+
+    /// `/readyz`: ready when the store takes writes and the replay worker runs (200, else 503); the
+    /// upstreams' reachability is in the body but does not decide it (offline is normal for a sidecar).
+    fn readyz(&self) -> Response<ProxyBody> {
+        let trouble = self.store.trouble();
+        let replay = self.outbox.replay_running();
+        let ready = trouble.is_none() && replay;
+        let ups: Vec<Value> = self
+            .upstreams
+            .iter()
+            .map(|u| json!({"upstream": u.name(), "online": u.connectivity().is_online()}))
+            .collect();
+        let v = json!({
+            "ready": ready,
+            "store": {"writable": trouble.is_none(), "disk_full": trouble.as_ref().is_some_and(|t| t.full)},
+            "replay_worker": if replay { "running" } else { "stopped" },
+            "upstreams": ups,
+        });
+        let mut r = json_ok(v);
+        if !ready {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
     }
 
     fn put_settings(&self, v: &Value) -> Response<ProxyBody> {

@@ -26,6 +26,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Stale,
+        Outcome::Revalidated,
+        Outcome::Offline,
+        Outcome::Queued,
+        Outcome::Bypass,
+    ];
+
     /// Stable label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -432,6 +432,17 @@ mod tests {
         let e = err("[upstreams.api]\nurl = \"http://a\"\ntimeout = \"5s\"\n");
         assert!(e.starts_with("t.toml:3: upstreams.api"), "{e}");
         assert!(e.contains("unknown field `timeout`"), "{e}");
+        let e = err("[upstreams.api]\nurl = \"http://a\"\n[[routes]]\nprefx = \"/a/\"\n");
+        assert!(
+            e.contains("unknown field `prefx`") && e.ends_with("did you mean `prefix`?"),
+            "{e}"
+        );
+        let e = err("[cache]\nofline_stale = \"rfc\"\n[upstreams.api]\nurl = \"http://a\"\n");
+        assert!(e.ends_with("did you mean `offline_stale`?"), "{e}");
+        let e = err("[upstreams.api]\nurl = \"http://a\"\n[[routes]]\npath = \"/api/*\"\n");
+        assert!(e.contains("routes[0].path") && e.contains("prefix = \"/api/\""), "{e}");
+        let e = err("[upstreams.api]\nurl = \"http://a\"\nzzzzzz = 1\n");
+        assert!(!e.contains("did you mean"), "nothing close: {e}");
     }
 
     #[test]

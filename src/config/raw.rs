@@ -163,8 +163,30 @@ impl RawConfig {
                 file: file.to_string(),
                 line: inner.span().map(|s| line_of(src, s.start)).unwrap_or(0),
                 key: if path == "." { "<top>".to_string() } else { path },
-                reason: inner.message().trim().to_string(),
+                reason: with_suggestion(inner.message().trim()),
             }
         })
+    }
+}
+
+/// serde's "unknown field `prefx`, expected one of `path`, `prefix`, ..." with the likeliest meant
+/// name added: "...; did you mean `prefix`?".
+fn with_suggestion(msg: &str) -> String {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return msg.to_string();
+    };
+    let Some((given, expected)) = rest.split_once('`') else {
+        return msg.to_string();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|known| (strsim::damerau_levenshtein(given, known), known))
+        .filter(|(d, known)| *d <= 2.max(known.len() / 3))
+        .min();
+    match best {
+        Some((_, known)) => format!("{msg}; did you mean `{known}`?"),
+        None => msg.to_string(),
     }
 }

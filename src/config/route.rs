@@ -20,6 +20,14 @@ pub(super) fn route(
 ) -> Result<RouteConfig, ConfigError> {
     let key = |k: &str| format!("routes[{i}].{k}");
     let pattern = match (&raw.path, &raw.prefix) {
+        (Some(p), None) if p.get_ref().contains('*') => {
+            let under = p.get_ref().split('*').next().unwrap_or("/");
+            return Err(cx.err(
+                Some(p.span()),
+                &key("path"),
+                format!("`*` is not a pattern in a path: for everything under a path write prefix = {under:?}"),
+            ));
+        }
         (Some(p), None) => RoutePattern::exact(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key("path"), r))?,
         (None, Some(p)) => RoutePattern::prefix(p.get_ref()).map_err(|r| cx.err(Some(p.span()), &key("prefix"), r))?,
         (Some(p), Some(_)) => return Err(cx.err(Some(p.span()), &key("path"), "give either path or prefix, not both")),

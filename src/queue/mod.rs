@@ -78,6 +78,8 @@ pub struct Outbox {
     events: events::Events,
     /// Dead letters in all (the request path checks this before computing a user's partition).
     dead_total: AtomicU64,
+    /// A replay worker is running (for `/readyz`).
+    worker_running: std::sync::atomic::AtomicBool,
 }
 
 type EnqueueResult = Result<(String, usize), String>;
@@ -115,6 +117,7 @@ impl Outbox {
             wake: Notify::new(),
             events: events::Events::default(),
             dead_total: AtomicU64::new(0),
+            worker_running: std::sync::atomic::AtomicBool::new(false),
         };
         for item in record::all(&outbox.store)? {
             match item.state {
@@ -140,6 +143,11 @@ impl Outbox {
     /// True when any write has stopped for good (cheap; checked on every request).
     pub fn has_dead_letters(&self) -> bool {
         self.dead_total.load(Ordering::Relaxed) > 0
+    }
+
+    /// Dead letters of every user.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_total.load(Ordering::Relaxed)
     }
 
     /// Writes of this user that stopped for good and wait for the app or the user (retry or drop).
@@ -178,6 +186,15 @@ impl Outbox {
     /// The data directory (named in answers about a full disk).
     pub fn data_dir(&self) -> &std::path::Path {
         self.store.dir()
+    }
+
+    /// True while a replay worker runs over this outbox.
+    pub fn replay_running(&self) -> bool {
+        self.worker_running.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_replay_running(&self, on: bool) {
+        self.worker_running.store(on, Ordering::Relaxed);
     }
 
     /// Replay settings.

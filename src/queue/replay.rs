@@ -111,6 +111,15 @@ impl<D: Delivery> ReplayWorker<D> {
 
     /// Runs until `stop` resolves (an attempt in flight is finished first).
     pub async fn run(self, stop: impl Future<Output = ()>) {
+        /// Says the worker stopped however it stops (a panic included).
+        struct Running(Arc<Outbox>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.set_replay_running(false);
+            }
+        }
+        self.outbox.set_replay_running(true);
+        let _running = Running(self.outbox.clone());
         tokio::pin!(stop);
         loop {
             let wait = match self.step().await {

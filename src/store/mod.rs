@@ -147,6 +147,11 @@ impl Store {
             dir: dir.to_path_buf(),
             reason,
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(data_err(
+                "is a file, not a directory: pass a directory for data_dir".to_string(),
+            ));
+        }
         private::create_private_dir(dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
         if let Some(mode) = private::open_to_others(dir) {
             tracing::warn!(

@@ -46,6 +46,15 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn a_data_dir_that_is_a_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"x").unwrap();
+        let e = crate::store::Store::open(&file).err().unwrap().to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+    }
+
+    #[test]
     fn a_new_data_dir_is_owner_only_and_a_loose_one_is_reported() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("a/data");
