@@ -42,6 +42,13 @@ pub(super) struct Health {
     fail_queue: std::sync::atomic::AtomicBool,
 }
 
+impl Health {
+    /// The trouble slot (a poisoned lock still holds a usable value).
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<Trouble>> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl StoreError {
     /// True when the error says the disk (or the user's quota) is full.
     pub fn is_disk_full(&self) -> bool {
@@ -84,7 +91,7 @@ impl Store {
     /// Notes a write that failed (the caller answers or logs it); the first of a run is logged.
     pub fn note_failure(&self, e: &StoreError) {
         self.health.errors.fetch_add(1, Ordering::Relaxed);
-        let mut t = self.health.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.health.state();
         if t.is_none() {
             let full = e.is_disk_full();
             tracing::error!(
@@ -104,12 +111,12 @@ impl Store {
 
     /// Why the store is not taking writes, if it is not.
     pub fn trouble(&self) -> Option<Trouble> {
-        self.health.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.health.state().clone()
     }
 
     /// True while the store is not taking writes.
     pub fn troubled(&self) -> bool {
-        self.health.trouble.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.health.state().is_some()
     }
 
     /// Fault injection: while on, writes to the outbox (queueing, replay outcomes) and the health
@@ -143,7 +150,7 @@ impl Store {
             return true;
         }
         let probe = self.probe();
-        let mut t = self.health.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.health.state();
         match probe {
             Ok(()) => {
                 if let Some(was) = t.take() {
