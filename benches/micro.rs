@@ -68,7 +68,7 @@ fn store(c: &mut Criterion) {
     c.bench_function("blob: 64 KiB positioned read of a 1 MiB blob", |b| {
         b.iter(|| {
             off = (off + 65_536 * 3) % (1_048_576 - 65_536);
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, off).unwrap();
+            outpost::platform::read_exact_at(&file, &mut buf, off).unwrap();
             black_box(&buf);
         })
     });

@@ -54,6 +54,48 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// A file's bytes from its start, read 256 KiB at a time, with its length as the exact size (a spooled
+/// upload sent from disk).
+pub struct FileBody {
+    inner: tokio_util::io::ReaderStream<tokio::fs::File>,
+    len: u64,
+    sent: u64,
+}
+
+/// The body of the file at `path`.
+pub async fn file(path: &std::path::Path) -> std::io::Result<ProxyBody> {
+    let f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    Ok(FileBody {
+        inner: tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
+        len,
+        sent: 0,
+    }
+    .boxed())
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use futures_util::Stream;
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(b))) => {
+                self.sent += b.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len.saturating_sub(self.sent))
+    }
+}
+
 /// The error an [`IdleTimeout`] body yields when its inner body stalls.
 #[derive(Debug, thiserror::Error)]
 #[error("body stalled: no data for {0:?}")]

@@ -79,18 +79,22 @@ pub fn queue_table(v: &Value) -> String {
         v["depth"]
     );
     for i in v["items"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:<6} {:<11} {:<6} {:<40} attempts {:<3} {}",
-            i["id"].as_str().unwrap_or("?"),
-            i["state"].as_str().unwrap_or("?"),
-            i["method"].as_str().unwrap_or("?"),
-            i["uri"].as_str().unwrap_or("?"),
-            i["attempts"],
-            i["last_error"].as_str().unwrap_or("")
-        );
+        out.push_str(&queue_row(i));
     }
     out
+}
+
+/// One item as `queue list` prints it (also what `queue drop` and `queue retry` acted on).
+pub fn queue_row(i: &Value) -> String {
+    format!(
+        "{:<6} {:<11} {:<6} {:<40} attempts {:<3} {}\n",
+        i["id"].as_str().unwrap_or("?"),
+        i["state"].as_str().unwrap_or("?"),
+        i["method"].as_str().unwrap_or("?"),
+        i["uri"].as_str().unwrap_or("?"),
+        i["attempts"].as_u64().unwrap_or(0),
+        i["last_error"].as_str().unwrap_or("")
+    )
 }
 
 /// `outpost import`'s summary line.

@@ -35,12 +35,15 @@ pub enum EvictReason {
     Retention,
     /// Not used for longer than `max_unused`.
     Unused,
+    /// Its kind was over the kind's own limit (`[budget] KIND = SIZE`).
+    KindLimit,
 }
 
 impl EvictReason {
     /// Every reason (metrics exist for each from the start).
-    pub const ALL: [EvictReason; 5] = [
+    pub const ALL: [EvictReason; 6] = [
         EvictReason::Size,
+        EvictReason::KindLimit,
         EvictReason::Unreferenced,
         EvictReason::Cleared,
         EvictReason::Unused,
@@ -55,6 +58,7 @@ impl EvictReason {
             EvictReason::Cleared => "cleared",
             EvictReason::Unused => "unused",
             EvictReason::Retention => "retention",
+            EvictReason::KindLimit => "kind_limit",
         }
     }
 }
@@ -79,6 +83,12 @@ pub struct Evictor {
     pinned: Mutex<HashSet<Vec<u8>>>,
     max_unused: Option<Duration>,
     counts: Mutex<EvictionCounts>,
+    /// Limits of single kinds (`[budget] audio = "500MB"`), under the global one.
+    kind_limits: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Something was stored since the kinds' sizes were last counted.
+    kinds_changed: AtomicBool,
+    /// When they were last counted (a count reads every entry, so at most once a second).
+    kinds_counted: Mutex<Option<std::time::Instant>>,
     wake: Notify,
 }
 
@@ -103,6 +113,9 @@ impl Evictor {
             pinned: Mutex::new(HashSet::new()),
             max_unused,
             counts: Mutex::new(EvictionCounts::default()),
+            kind_limits: Mutex::new(Default::default()),
+            kinds_changed: AtomicBool::new(true),
+            kinds_counted: Mutex::new(None),
             wake: Notify::new(),
         })
     }
@@ -150,6 +163,79 @@ impl Evictor {
         self.wake.notify_one();
     }
 
+    /// Sets the limits of single kinds (start and config reload) and evicts if needed.
+    pub fn set_kind_limits(&self, limits: std::collections::BTreeMap<String, u64>) {
+        if let Ok(mut l) = self.kind_limits.lock() {
+            *l = limits;
+        }
+        self.kinds_changed.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// The limits of single kinds.
+    pub fn kind_limits(&self) -> std::collections::BTreeMap<String, u64> {
+        self.kind_limits.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Keeps every kind that has a limit under it: its least recently used entries go first, pins stay.
+    /// Sizes are the stored answers' bodies per kind (as `kind_usage` counts them), recounted only after
+    /// something was stored. Blocking. Returns bytes freed.
+    pub fn enforce_kind_limits(&self) -> Result<u64, StoreError> {
+        let limits = self.kind_limits();
+        if limits.is_empty() || !self.kinds_changed.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        if let Ok(mut last) = self.kinds_counted.lock() {
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                // Counted moments ago: the loop's next round (5 s at most) counts again.
+                return Ok(0);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.kinds_changed.store(false, Ordering::Relaxed);
+        let usage = self.store.kind_usage()?;
+        let mut over: std::collections::HashMap<String, u64> = limits
+            .iter()
+            .filter_map(|(kind, limit)| {
+                let used = usage.get(kind).map_or(0, |u| u.1);
+                (used > *limit).then(|| (kind.clone(), used - limit))
+            })
+            .collect();
+        if over.is_empty() {
+            return Ok(0);
+        }
+        // Least recently used first.
+        let oldest: Vec<Vec<u8>> = self
+            .order
+            .lock()
+            .map(|o| o.iter().rev().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        let mut freed = 0;
+        for key in oldest {
+            if over.is_empty() {
+                break;
+            }
+            if self.is_pinned(&key) {
+                continue;
+            }
+            let Some(entry) = self.store.entry(&key)? else { continue };
+            let Some(excess) = over.get_mut(&entry.kind) else {
+                continue;
+            };
+            let size = if entry.body_dropped { 0 } else { entry.size };
+            freed += self.remove_entry(&key, EvictReason::KindLimit)?;
+            if size >= *excess {
+                over.remove(&entry.kind);
+            } else {
+                *excess -= size;
+            }
+        }
+        for (kind, excess) in over {
+            tracing::warn!(kind, excess, "only pinned answers are left over this kind's limit");
+        }
+        Ok(freed)
+    }
+
     /// False when new fills must not be stored (over budget with auto-evict off, or only pins left).
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::Relaxed)
@@ -188,6 +274,9 @@ impl Evictor {
     pub fn committed(&self, key: &[u8], new_bytes: u64) {
         self.touch(key);
         let used = self.used.fetch_add(new_bytes, Ordering::Relaxed) + new_bytes;
+        if !self.kinds_changed.swap(true, Ordering::Relaxed) && self.kind_limits.lock().is_ok_and(|l| !l.is_empty()) {
+            self.wake.notify_one();
+        }
         if used > self.max_size() {
             self.update_accepting();
             self.wake.notify_one();
@@ -409,6 +498,11 @@ impl Evictor {
                 me.persist_access();
                 if let Err(e) = me.expire_unused() {
                     tracing::error!(error = %e, "expiring unused entries failed");
+                }
+                if me.auto_evict() {
+                    if let Err(e) = me.enforce_kind_limits() {
+                        tracing::error!(error = %e, "evicting over a kind's limit failed");
+                    }
                 }
                 while me.auto_evict() && me.used() > me.max_size() {
                     match me.evict_once() {

@@ -22,6 +22,7 @@
 //!   encrypted at rest; the storage seam and its in-memory implementation.
 //! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
 //! - [`sendfile`]: stored bodies sent from the blob file to the socket with `sendfile(2)` (no copy).
+//! - [`platform`]: everything that differs between Linux, macOS and Windows, each with a portable fallback.
 //! - [`body`], [`headers`], [`clock`], [`units`]: the streamed body type and small JSON answers,
 //!   hop-by-hop rules, the one wall clock (pausable in tests), sizes and durations.
 //!
@@ -42,6 +43,7 @@ pub mod evict;
 pub mod headers;
 pub mod import;
 pub mod media;
+pub mod platform;
 pub mod proxy;
 pub mod queue;
 pub mod routes;
@@ -54,6 +56,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::admin::metrics::Metrics;
@@ -99,7 +102,7 @@ pub struct Outpost {
     proxy_server: Server,
     admin_server: Server,
     store: Arc<Store>,
-    upstreams: Arc<Upstreams>,
+    live: Arc<Live>,
     outbox: Arc<Outbox>,
     replay: tokio::task::JoinHandle<()>,
     evict_task: tokio::task::JoinHandle<()>,
@@ -140,11 +143,6 @@ impl Outpost {
         })?;
 
         let shutdown = ShutdownSignal::new();
-        let role = if config.cache.shared {
-            CacheRole::Shared
-        } else {
-            CacheRole::Private
-        };
         // Settings changed at run time (admin API) override the file until reset.
         let max_size = store
             .setting("max_size")?
@@ -160,6 +158,7 @@ impl Outpost {
             auto_evict,
             config.cache.max_unused,
         )?);
+        evictor.set_kind_limits(config.kind_limits.clone());
         let evict_task = tokio::spawn(evictor.clone().run(shutdown.triggered()));
         // A store that stopped taking writes (disk full) is probed until it takes them again.
         tokio::spawn(store::watch_health(store.clone(), shutdown.triggered()));
@@ -170,40 +169,27 @@ impl Outpost {
             metrics.restore_outcomes(&saved);
         }
         tokio::spawn(keep_hit_counts(store.clone(), metrics.clone(), shutdown.triggered()));
-        let cache = Arc::new(
-            Cache::new(
-                Arc::new(DiskStorage(store.clone())),
-                evictor.clone(),
-                role,
-                config.cache.verify_on_read,
-                shutdown.clone(),
-            )
-            .with_partitioner(config.cache.partitioner.clone())
-            .with_offline_stale(config.cache.offline_stale),
-        );
-        for upstream in upstreams.iter() {
-            tokio::spawn(upstream.clone().probe_loop(shutdown.triggered()));
-        }
         let outbox = Arc::new(Outbox::open(store.clone(), config.queue)?);
-        let forwarder = Arc::new(Forwarder::new(config.route_table(), upstreams.clone()));
-        let flow = Arc::new(Flow::new(forwarder.clone(), cache.clone(), shutdown.clone()));
-        let replayer = Arc::new(Replayer::new(forwarder.clone(), cache, outbox.clone()));
-        let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), replayer).run(shutdown.triggered()));
-        let proxy = Arc::new(
-            Proxy::new(
-                forwarder,
-                flow,
-                outbox.clone(),
-                store.clone(),
-                evictor.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            )
-            .with_limits(config.body_read_timeout, config.max_buffered_bodies)
-            .with_purge(config.cache.allow_purge),
-        );
+        let kept = Kept {
+            store: store.clone(),
+            evictor: evictor.clone(),
+            metrics: metrics.clone(),
+            outbox: outbox.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let first = Pipeline::build(&config, upstreams.clone(), &kept);
+        let live = Arc::new(Live {
+            proxy: ArcSwap::new(first.proxy),
+            replayer: Arc::new(ArcSwap::new(first.replayer)),
+            upstreams: Arc::new(ArcSwap::new(upstreams.clone())),
+            config: Arc::new(ArcSwap::from_pointee(config.clone())),
+            probes: std::sync::Mutex::new(first.probes),
+            kept,
+        });
+        let replay = tokio::spawn(ReplayWorker::new(outbox.clone(), live.replayer.clone()).run(shutdown.triggered()));
         // Sealed blobs are decrypted in memory, so only plain ones can go from file to socket.
-        let regions = (!store.encrypted()).then(|| store.blobs().regions());
+        let regions = (!store.encrypted() && platform::ZERO_COPY && config.zero_copy).then(|| store.blobs().regions());
+        let handler = live.clone();
         let proxy_server = Server::spawn_with_regions(
             "proxy",
             listener,
@@ -215,7 +201,8 @@ impl Outpost {
             },
             regions,
             move |req, peer| {
-                let proxy = proxy.clone();
+                // The pipeline in force when the request arrived serves it to the end, across a reload.
+                let proxy = handler.proxy.load_full();
                 async move { proxy.handle(req, peer).await }
             },
         );
@@ -227,8 +214,8 @@ impl Outpost {
         })?;
         let admin = Arc::new(
             admin::Admin::new(
-                upstreams.clone(),
-                Arc::new(config.clone()),
+                live.upstreams.clone(),
+                live.config.clone(),
                 outbox.clone(),
                 store.clone(),
                 evictor.clone(),
@@ -256,7 +243,7 @@ impl Outpost {
             proxy_server,
             admin_server,
             store,
-            upstreams,
+            live,
             outbox,
             replay,
             evict_task,
@@ -274,9 +261,54 @@ impl Outpost {
         self.admin_addr
     }
 
-    /// The upstream clients and their connectivity.
-    pub fn upstreams(&self) -> &Arc<Upstreams> {
-        &self.upstreams
+    /// The upstream clients in force and their connectivity.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.live.upstreams.load_full()
+    }
+
+    /// The config in force (the last one [`Outpost::reload`] took).
+    pub fn config(&self) -> Arc<Config> {
+        self.live.config.load_full()
+    }
+
+    /// Swaps in `config` (already checked: see [`Config::load`]) for new requests and replay attempts:
+    /// routes, policies, upstreams (TLS read again), cache and limit settings, the size budget unless
+    /// the admin API set one. Requests in flight finish on the config they started with. What only a
+    /// restart can change (listen addresses, data dir, encryption...) is named in the answer and kept.
+    /// On an error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, TlsSetupError> {
+        let live = &self.live;
+        let old = live.config.load_full();
+        let upstreams = Arc::new(live.upstreams.load().renewed(&config.upstreams)?);
+        let next = Pipeline::build(&config, upstreams.clone(), &live.kept);
+        let restart_needed = restart_needed(&old, &config);
+        let evictor = &live.kept.evictor;
+        let store = &live.kept.store;
+        // A budget set through the admin API stays until it is reset there, as at start.
+        let max_size = match store.setting("max_size") {
+            Ok(Some(v)) => v.parse().unwrap_or(config.max_size),
+            _ => config.max_size,
+        };
+        let auto_evict = match store.setting("auto_evict") {
+            Ok(Some(v)) => v == "true",
+            _ => config.cache.auto_evict,
+        };
+        evictor.configure(max_size, auto_evict);
+        evictor.set_kind_limits(config.kind_limits.clone());
+        live.upstreams.store(upstreams);
+        live.replayer.store(next.replayer);
+        live.proxy.store(next.proxy);
+        live.config.store(Arc::new(config));
+        let retired = std::mem::replace(&mut *live.probes.lock().unwrap_or_else(|p| p.into_inner()), next.probes);
+        retired.trigger();
+        evictor.wake();
+        live.kept.outbox.wake();
+        tracing::info!(
+            routes = live.config.load().routes.len(),
+            ?restart_needed,
+            "config reloaded"
+        );
+        Ok(Reloaded { restart_needed })
     }
 
     /// The outbox of queued writes.
@@ -299,8 +331,11 @@ impl Outpost {
         self.admin_server.finished().await;
         let _ = self.replay.await;
         let _ = self.evict_task.await;
-        let Outpost { store, outbox, .. } = self;
+        let Outpost {
+            store, outbox, live, ..
+        } = self;
         drop(outbox);
+        drop(live);
         // Background work stops at the signal; what still holds the store is finishing a commit.
         while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -313,6 +348,139 @@ impl Outpost {
         }
         tracing::info!("outpost stopped");
     }
+}
+
+/// The parts of a running Outpost that a reload swaps, and those it keeps.
+struct Live {
+    /// The request pipeline new connections' requests go to.
+    proxy: ArcSwap<Proxy>,
+    /// What the replay worker delivers through.
+    replayer: Arc<ArcSwap<Replayer>>,
+    upstreams: Arc<ArcSwap<Upstreams>>,
+    config: Arc<ArcSwap<Config>>,
+    /// Ends the probe loops of the upstreams in force; triggered when a reload replaces them.
+    probes: std::sync::Mutex<ShutdownSignal>,
+    kept: Kept,
+}
+
+/// What every pipeline shares: the store and what counts in it, the outbox, the shutdown signal.
+struct Kept {
+    store: Arc<Store>,
+    evictor: Arc<Evictor>,
+    metrics: Arc<Metrics>,
+    outbox: Arc<Outbox>,
+    shutdown: ShutdownSignal,
+}
+
+/// Everything built from routes, policies, upstreams and cache settings.
+struct Pipeline {
+    proxy: Arc<Proxy>,
+    replayer: Arc<Replayer>,
+    probes: ShutdownSignal,
+}
+
+impl Pipeline {
+    /// Builds the request pipeline and replayer for `config` over `upstreams`, and starts the upstreams'
+    /// probe loops (until shutdown or until the pipeline is replaced).
+    fn build(config: &Config, upstreams: Arc<Upstreams>, kept: &Kept) -> Pipeline {
+        let role = if config.cache.shared {
+            CacheRole::Shared
+        } else {
+            CacheRole::Private
+        };
+        let cache = Arc::new(
+            Cache::new(
+                Arc::new(DiskStorage(kept.store.clone())),
+                kept.evictor.clone(),
+                role,
+                config.cache.verify_on_read,
+                kept.shutdown.clone(),
+            )
+            .with_partitioner(config.cache.partitioner.clone())
+            .with_offline_stale(config.cache.offline_stale),
+        );
+        let probes = ShutdownSignal::new();
+        for upstream in upstreams.iter() {
+            let (stop, retired) = (kept.shutdown.triggered(), probes.triggered());
+            tokio::spawn(upstream.clone().probe_loop(async move {
+                tokio::select! {
+                    _ = stop => {}
+                    _ = retired => {}
+                }
+            }));
+        }
+        let forwarder = Arc::new(Forwarder::new(config.route_table(), upstreams));
+        let flow = Arc::new(Flow::new(forwarder.clone(), cache.clone(), kept.shutdown.clone()));
+        let replayer = Arc::new(Replayer::new(forwarder.clone(), cache, kept.outbox.clone()));
+        let proxy = Arc::new(
+            Proxy::new(
+                forwarder,
+                flow,
+                kept.outbox.clone(),
+                kept.store.clone(),
+                kept.evictor.clone(),
+                kept.metrics.clone(),
+                kept.shutdown.clone(),
+            )
+            .with_limits(config.body_read_timeout, config.max_buffered_bodies)
+            .with_purge(config.cache.allow_purge)
+            .with_log_redact(config.log_redact.clone()),
+        );
+        Pipeline {
+            proxy,
+            replayer,
+            probes,
+        }
+    }
+}
+
+/// What a reload did not change because only a restart can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings that differ in the new config but keep their old values until a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The settings bound at start (listeners, the data dir and what was opened from it, the worker's
+/// settings) that differ between `old` and `new`.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    let mut out = Vec::new();
+    let mut check = |name: &'static str, a: String, b: String| {
+        if a != b {
+            out.push(name);
+        }
+    };
+    check("listen", old.listen.to_string(), new.listen.to_string());
+    check(
+        "admin_listen",
+        old.admin_listen.to_string(),
+        new.admin_listen.to_string(),
+    );
+    check("data_dir", json(&old.data_dir), json(&new.data_dir));
+    check("encryption", json(&old.encryption), json(&new.encryption));
+    check("shutdown_grace", json(&old.shutdown_grace), json(&new.shutdown_grace));
+    check(
+        "header_read_timeout",
+        json(&old.header_read_timeout),
+        json(&new.header_read_timeout),
+    );
+    check(
+        "max_connections",
+        json(&old.max_connections),
+        json(&new.max_connections),
+    );
+    check("log_format", json(&old.log_format), json(&new.log_format));
+    check("zero_copy", json(&old.zero_copy), json(&new.zero_copy));
+    check("queue", json(&old.queue), json(&new.queue));
+    check(
+        "cache.max_unused",
+        json(&old.cache.max_unused),
+        json(&new.cache.max_unused),
+    );
+    out
 }
 
 /// Setting under which the hit-rate counts are kept.

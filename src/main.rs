@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use outpost::config::{Config, EncryptionKey, LogFormat, Overrides};
 use outpost::demo::{DemoBackend, DemoOptions};
@@ -53,8 +53,8 @@ enum LogFormatArg {
 
 #[derive(clap::Args, Default)]
 struct ServeArgs {
-    /// Config file (TOML). Without one, --upstream is required.
-    #[arg(long, short)]
+    /// Config file (TOML). Without one, --upstream is required. SIGHUP reads it again.
+    #[arg(long, short, env = "OUTPOST_CONFIG")]
     config: Option<PathBuf>,
     /// URL of the default upstream (overrides the file).
     #[arg(long)]
@@ -77,6 +77,14 @@ struct ServeArgs {
 enum Command {
     /// Run the proxy.
     Serve(ServeArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `outpost man > outpost.1`.
+    Man,
     /// Validate a config file and print the effective configuration.
     CheckConfig {
         /// The file to check.
@@ -87,6 +95,10 @@ enum Command {
         /// Keep everything running after the story, for exploring by hand.
         #[arg(long)]
         keep_running: bool,
+        /// Show the proxy's logs (request lines at info) between the story's lines; without it only
+        /// errors are logged (RUST_LOG overrides both).
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Run the demo backend alone.
     DemoBackend {
@@ -158,18 +170,55 @@ enum Command {
 
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Admin address of the running instance.
-    #[arg(long, global = true, default_value = outpost::config::DEFAULT_ADMIN)]
-    admin: SocketAddr,
+    /// Admin address of the running instance [default: admin_listen of --config, else 127.0.0.1:8788].
+    #[arg(long, global = true, env = "OUTPOST_ADMIN")]
+    admin: Option<SocketAddr>,
     /// Admin token [default: read from DATA_DIR/admin.token].
     #[arg(long, global = true, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Data directory holding admin.token.
-    #[arg(long, global = true, env = "OUTPOST_DATA_DIR", default_value = outpost::config::DEFAULT_DATA_DIR)]
+    /// Data directory holding admin.token [default: data_dir of --config, else ./outpost-data].
+    #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The running instance's config file: where its admin API listens and its data dir.
+    #[arg(long, global = true, env = "OUTPOST_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The admin API of a running instance, and the token it takes.
+struct AdminTarget {
+    admin: SocketAddr,
     data_dir: PathBuf,
+    token: Option<String>,
 }
 
 impl AdminArgs {
+    /// Flags and environment first, then the config file, then the defaults `serve` uses.
+    fn resolve(self) -> anyhow::Result<AdminTarget> {
+        let config = match &self.config {
+            Some(path) => Some(Config::load(path, &Overrides::default())?),
+            None => None,
+        };
+        let admin = match (self.admin, &config) {
+            (Some(a), _) => a,
+            (None, Some(c)) => c.admin_listen,
+            (None, None) => outpost::config::DEFAULT_ADMIN
+                .parse()
+                .context("the default admin address")?,
+        };
+        let data_dir = match (self.data_dir, config) {
+            (Some(d), _) => d,
+            (None, Some(c)) => c.data_dir,
+            (None, None) => PathBuf::from(outpost::config::DEFAULT_DATA_DIR),
+        };
+        Ok(AdminTarget {
+            admin,
+            data_dir,
+            token: self.token,
+        })
+    }
+}
+
+impl AdminTarget {
     fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
@@ -179,7 +228,7 @@ impl AdminArgs {
             .map(|t| t.trim().to_string())
             .with_context(|| {
                 format!(
-                    "cannot read the admin token at {} (pass --token or --data-dir)",
+                    "cannot read the admin token at {} (pass --config, --data-dir or --token)",
                     path.display()
                 )
             })
@@ -240,9 +289,14 @@ enum QueueAction {
 /// Lines stay whole and in order; the returned guard writes out what is queued when dropped, at exit.
 /// Colour only when stderr is a terminal.
 fn init_logging(format: LogFormat) -> Logging {
+    init_logging_at(format, "info")
+}
+
+/// Logging with `default` as the filter when `RUST_LOG` is not set.
+fn init_logging_at(format: LogFormat, default: &str) -> Logging {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(64 * 1024)
@@ -303,6 +357,26 @@ fn stdout_written(r: std::io::Result<()>) {
     }
 }
 
+/// SIGHUP: reads the config file again (with the same flags and environment) and swaps it in; on an
+/// error the running config stays and the error (file, line, key) is logged.
+fn reload_config(outpost: &Outpost, file: Option<&std::path::Path>, overrides: &Overrides) {
+    let loaded = match file {
+        Some(path) => Config::load(path, overrides),
+        None => Config::from_overrides(overrides),
+    };
+    match loaded {
+        Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+        Ok(config) => match outpost.reload(config) {
+            Ok(r) if r.restart_needed.is_empty() => {}
+            Ok(r) => tracing::warn!(
+                settings = %r.restart_needed.join(", "),
+                "config reloaded; these changed settings take effect at the next restart"
+            ),
+            Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -341,15 +415,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let _logging = init_logging(flag_format.unwrap_or(config.log_format));
             let outpost = Outpost::start(config).await?;
-            let stop = shutdown_signal();
+            let stop = outpost::platform::stop_requested();
+            let mut reload = outpost::platform::ReloadSignal::listen();
             println!(
                 "outpost listening on http://{} (admin http://{})",
                 outpost.addr(),
                 outpost.admin_addr()
             );
-            stop.await;
+            tokio::pin!(stop);
+            loop {
+                let hup = async {
+                    match reload.as_mut() {
+                        Some(r) => r.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut stop => break,
+                    got = hup => match got {
+                        Some(()) => reload_config(&outpost, args.config.as_deref(), &overrides),
+                        None => reload = None,
+                    },
+                }
+            }
             tracing::info!("shutting down");
             outpost.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "outpost", &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .context("rendering the man page")?;
+            print!("{}", String::from_utf8_lossy(&out));
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
@@ -363,8 +467,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Demo { keep_running } => {
-            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text));
+        Command::Demo { keep_running, verbose } => {
+            let level = if verbose { "info" } else { "error" };
+            let _logging = init_logging_at(flag_format.unwrap_or(LogFormat::Text), level);
             let report = outpost::demo::story::run(keep_running).await.context("demo")?;
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
@@ -388,7 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await
             .context("starting the demo backend")?;
-            let stop = shutdown_signal();
+            let stop = outpost::platform::stop_requested();
             println!("demo API     {}", backend.api_url());
             println!("demo media   {}", backend.media_url());
             println!(
@@ -400,6 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin } => {
+            let admin = admin.resolve()?;
             let token = admin.token()?;
             let body = outpost::admin::client::get_json(admin.admin, "/api/status", &token)
                 .await
@@ -498,6 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Cache { admin, action } => {
+            let admin = admin.resolve()?;
             use http::Method;
             use outpost::admin::client::{admin_call_body, get_json};
             match action {
@@ -543,6 +650,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { admin, action } => {
+            let admin = admin.resolve()?;
             use http::Method;
             use outpost::admin::client::{admin_call, get_json};
             if let QueueAction::List = action {
@@ -553,37 +661,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let token = admin.token()?;
-            let (method, path) = match &action {
-                QueueAction::Retry { id } => (Method::POST, format!("/api/queue/{id}/retry")),
-                QueueAction::Drop { id } => (Method::DELETE, format!("/api/queue/{id}")),
-                QueueAction::RetryDead => (Method::POST, "/api/queue/retry-dead".to_string()),
-                QueueAction::Pause => (Method::POST, "/api/queue/pause".to_string()),
-                QueueAction::Resume => (Method::POST, "/api/queue/resume".to_string()),
+            // What drop and retry act on, printed as `list` prints it.
+            let item = match &action {
+                QueueAction::Retry { id } | QueueAction::Drop { id } => {
+                    let v = get_json(admin.admin, "/api/queue", &token)
+                        .await
+                        .map_err(admin_error(admin.admin))?;
+                    v["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|i| i["id"].as_str() == Some(id.as_str()))
+                        .cloned()
+                }
+                _ => None,
+            };
+            let (method, path, done) = match &action {
+                QueueAction::Retry { id } => (Method::POST, format!("/api/queue/{id}/retry"), "retrying"),
+                QueueAction::Drop { id } => (Method::DELETE, format!("/api/queue/{id}"), "dropped"),
+                QueueAction::RetryDead => (Method::POST, "/api/queue/retry-dead".to_string(), "retried"),
+                QueueAction::Pause => (Method::POST, "/api/queue/pause".to_string(), "queue"),
+                QueueAction::Resume => (Method::POST, "/api/queue/resume".to_string(), "queue"),
                 QueueAction::List => unreachable!("handled above"),
             };
             let v = admin_call(admin.admin, method, &path, &token)
                 .await
                 .map_err(admin_error(admin.admin))?;
-            println!("{v}");
+            match (&action, item) {
+                (QueueAction::Retry { .. } | QueueAction::Drop { .. }, Some(item)) => {
+                    print!("{done}: {}", cli::queue_row(&item))
+                }
+                (QueueAction::RetryDead, _) => println!("{done} {} dead letters", v["retried"].as_u64().unwrap_or(0)),
+                (QueueAction::Pause | QueueAction::Resume, _) => {
+                    println!("{done} {}", v["state"]["state"].as_str().unwrap_or("?"))
+                }
+                _ => println!("{done}: {v}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// Registers the SIGTERM handler now (so a signal sent right after start is not lost) and returns a future
-/// that resolves on SIGINT or SIGTERM.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    async move {
-        #[cfg(unix)]
-        if let Some(mut term) = term {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -7,6 +7,9 @@
 //! cache to socket), so the process neither copies them into the socket nor faults the pages in. Response
 //! heads before such a body go out with `MSG_MORE` so head and body share segments.
 //!
+//! Only where [`crate::platform::zero_copy_available`] says so; elsewhere connections get no regions and
+//! every write is an ordinary one.
+//!
 //! Promises: the bytes on the wire are exactly the bytes hyper asked to write (a region is registered
 //! only for a map of the file it names, and unregistered before the map goes away); any buffer that is
 //! not inside a region is written the ordinary way.
@@ -98,10 +101,7 @@ impl ConnIo {
     }
 
     fn poll_sendfile(&self, cx: &mut Context<'_>, file: &File, offset: u64, len: usize) -> Poll<io::Result<usize>> {
-        let sent = ready!(self.poll_sys(cx, || {
-            let mut at = offset;
-            rustix::fs::sendfile(&self.stream, file, Some(&mut at), len).map_err(io::Error::from)
-        }))?;
+        let sent = ready!(self.poll_sys(cx, || crate::platform::sendfile(&self.stream, file, offset, len)))?;
         if let Some(r) = &self.regions {
             r.sent.fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
         }
@@ -141,9 +141,7 @@ impl AsyncWrite for ConnIo {
             // The head of a stored answer: more follows at once, so let the kernel fill segments.
             Some((1, _, _)) => {
                 let head: &[u8] = &bufs[0];
-                self.poll_sys(cx, || {
-                    rustix::net::send(&self.stream, head, rustix::net::SendFlags::MORE).map_err(io::Error::from)
-                })
+                self.poll_sys(cx, || crate::platform::send_more(&self.stream, head))
             }
             // Partial vectored writes are allowed: hyper calls again for the rest.
             Some((i, _, _)) => Pin::new(&mut self.stream).poll_write_vectored(cx, &bufs[..i]),

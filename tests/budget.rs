@@ -201,6 +201,8 @@ async fn stats_and_metrics_count_outcomes_per_kind() {
         "outpost_store_write_errors_total 0",
         "outpost_dead_letters 0",
         "outpost_store_writable 1",
+        "outpost_replays_total{result=\"delivered\"} 0",
+        "outpost_replays_total{result=\"not_backend\"} 0",
         &format!("outpost_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
@@ -218,6 +220,83 @@ async fn stats_and_metrics_count_outcomes_per_kind() {
         "{s}"
     );
     env.stop().await;
+}
+
+/// `[budget] audio = "2.5MiB"`: audio stays under its own limit, least recently used audio first,
+/// while other kinds are left alone and the global budget is far away.
+#[tokio::test]
+async fn a_kind_with_its_own_budget_stays_under_it_and_leaves_other_kinds_alone() {
+    let env = TestEnv::start_with(|c| {
+        c.kind_limits.insert("audio".into(), 2 * MB + MB / 2);
+    })
+    .await;
+    env.get("/api/v1/threads/t1/messages").await;
+    for id in ["a1", "a2"] {
+        env.get(&format!("/media/s3/renders/{id}.mp3")).await;
+    }
+    // a1 is used again: a2 is now the least recently used audio.
+    assert!(stored(&env, "/media/s3/renders/a1.mp3").await);
+    env.get("/media/s3/renders/a3.mp3").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stats(&env).await["kinds"]["audio"]["bytes"].as_u64().unwrap() > 2 * MB + MB / 2 {
+        assert!(Instant::now() < deadline, "audio never came under its limit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!stored(&env, "/media/s3/renders/a2.mp3").await, "the LRU audio goes");
+    assert!(stored(&env, "/media/s3/renders/a1.mp3").await);
+    assert!(stored(&env, "/media/s3/renders/a3.mp3").await);
+    assert!(stored(&env, "/api/v1/threads/t1/messages").await, "other kinds stay");
+    let s = stats(&env).await;
+    assert_eq!(s["kinds"]["audio"]["limit"], 2 * MB + MB / 2, "{s}");
+    assert_eq!(s["kinds"]["messages"]["limit"], serde_json::Value::Null, "{s}");
+    assert_eq!(s["evictions"]["kind_limit"]["count"], 1, "{s}");
+    assert_eq!(s["evictions"]["size"]["count"].as_u64().unwrap_or(0), 0, "{s}");
+    let rendered = outpost::admin::client::render_stats(&s);
+    assert!(rendered.contains("2.1 MB of 2.6 MB"), "{rendered}");
+    let bearer = format!("Bearer {}", common::admin_token(env.dir.path()));
+    let m = env
+        .client
+        .call(
+            Method::GET,
+            &format!("http://{}/metrics", env.outpost.admin_addr()),
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.lines()
+            .any(|l| l == "outpost_cache_kind_limit_bytes{kind=\"audio\"} 2621440"),
+        "{text}"
+    );
+    env.stop().await;
+}
+
+#[test]
+fn kind_budgets_name_known_kinds_and_fit_in_max_size() {
+    let base =
+        "max_size = \"1GB\"\n[upstreams.api]\nurl = \"http://a\"\n[[routes]]\nprefix = \"/m\"\nkind = \"audio\"\n";
+    let ok = outpost::config::Config::from_toml(
+        &format!("{base}[budget]\naudio = \"500MB\"\n"),
+        "t.toml",
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(ok.kind_limits["audio"], 500_000_000);
+    let err = |extra: &str| {
+        outpost::config::Config::from_toml(&format!("{base}[budget]\n{extra}\n"), "t.toml", &Default::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("audoi = \"5MB\"");
+    assert!(
+        e.starts_with("t.toml:8: budget.audoi: no route stores answers of kind \"audoi\""),
+        "{e}"
+    );
+    assert!(e.contains("audio"), "{e}");
+    let e = err("audio = \"2GB\"");
+    assert!(e.contains("budget.audio: 2GB is more than max_size"), "{e}");
 }
 
 // `max_unused` expiry is tested on tokio's paused clock in `src/evict.rs` (no real waiting).

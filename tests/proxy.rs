@@ -391,3 +391,65 @@ async fn the_demo_story_has_no_failed_step() {
     assert_eq!(report.failed, 0, "{report:?}");
     assert!(report.passed >= 6, "{report:?}");
 }
+
+/// One id per request: the app's `X-Request-Id` is kept, a missing one is made; either goes upstream and
+/// back to the app, and a stored answer is served with the id of the request that asked for it.
+#[tokio::test]
+async fn every_request_has_one_id_upstream_and_back() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    let origin = common::Origin::start(move |req, _| {
+        let s = s.clone();
+        async move {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            s.lock().unwrap().push(id.clone());
+            let mut r = http::Response::new(outpost::body::full("hello"));
+            r.headers_mut()
+                .insert("cache-control", http::HeaderValue::from_static("max-age=60"));
+            // An origin that echoes the id: stored with the answer, it must not reach the next request.
+            r.headers_mut()
+                .insert("x-request-id", http::HeaderValue::from_str(&id).unwrap());
+            r
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config_from(&format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[upstreams.api]\nurl = \"{}\"\n",
+        dir.path().display(),
+        origin.url()
+    ));
+    let outpost = outpost::Outpost::start(config).await.unwrap();
+    let client = outpost::admin::client::HttpClient::new(Duration::from_secs(10));
+    let url = format!("http://{}/r", outpost.addr());
+    let first = client
+        .call(Method::GET, &url, &[("x-request-id", "app-1")], None)
+        .await
+        .unwrap();
+    assert_eq!(first.header("x-request-id"), Some("app-1"));
+    let made = client.call(Method::GET, &format!("{url}2"), &[], None).await.unwrap();
+    let id = made.header("x-request-id").unwrap().to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(*seen.lock().unwrap(), vec!["app-1".to_string(), id]);
+    // The fill commits behind the first answer: ask until the answer comes from the store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hit = client
+            .call(Method::GET, &url, &[("x-request-id", "app-2")], None)
+            .await
+            .unwrap();
+        assert_eq!(hit.header("x-request-id"), Some("app-2"));
+        if hit.header("x-outpost-cache") == Some("HIT") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    outpost.shutdown().await;
+}

@@ -149,42 +149,67 @@ async fn send_admin(
 
 /// `/api/stats` for people.
 pub fn render_stats(v: &Value) -> String {
-    let mb = |b: &Value| b.as_u64().unwrap_or(0) as f64 / 1e6;
+    use crate::units::human_size;
+    let n = |x: &Value| x.as_u64().unwrap_or(0);
     let mut out = format!(
-        "cache: {:.1} MB of {:.1} MB ({}), dedup saved {:.1} MB, queue {} pending\n",
-        mb(&v["size_bytes"]),
-        mb(&v["max_size"]),
+        "cache: {} of {} ({}), dedup saved {}, queue {} pending\n",
+        human_size(n(&v["size_bytes"])),
+        human_size(n(&v["max_size"])),
         if v["storing"].as_bool().unwrap_or(true) {
             "storing"
         } else {
             "FULL: not storing"
         },
-        mb(&v["dedup_saved_bytes"]),
-        v["queue_depth"]
+        human_size(n(&v["dedup_saved_bytes"])),
+        n(&v["queue_depth"])
     );
-    out.push_str(&format!(
-        "{:<12} {:>8} {:>10} {:>7} {:>7} {:>7} {:>8} {:>9}\n",
-        "kind", "entries", "MB", "hit", "miss", "stale", "offline", "hit rate"
-    ));
-    for (k, s) in v["kinds"].as_object().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<12} {:>8} {:>10.1} {:>7} {:>7} {:>7} {:>8} {:>8.0}%\n",
-            k,
-            s["entries"],
-            mb(&s["bytes"]),
-            s["hit"],
-            s["miss"],
-            s["stale"],
-            s["offline"],
-            s["hit_rate"].as_f64().unwrap_or(0.0) * 100.0
-        ));
+    let rows: Vec<[String; 8]> = v["kinds"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, s)| {
+            let size = match s["limit"].as_u64() {
+                Some(limit) => format!("{} of {}", human_size(n(&s["bytes"])), human_size(limit)),
+                None => human_size(n(&s["bytes"])),
+            };
+            [
+                k.clone(),
+                n(&s["entries"]).to_string(),
+                size,
+                n(&s["hit"]).to_string(),
+                n(&s["miss"]).to_string(),
+                n(&s["stale"]).to_string(),
+                n(&s["offline"]).to_string(),
+                format!("{:.0}%", s["hit_rate"].as_f64().unwrap_or(0.0) * 100.0),
+            ]
+        })
+        .collect();
+    let head = ["kind", "entries", "size", "hit", "miss", "stale", "offline", "hit rate"].map(String::from);
+    let widths: Vec<usize> = (0..8)
+        .map(|c| {
+            std::iter::once(&head)
+                .chain(&rows)
+                .map(|r| r[c].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&head).chain(&rows) {
+        let mut line = format!("{:<w$}", row[0], w = widths[0]);
+        for c in 1..8 {
+            line.push_str(&format!("  {:>w$}", row[c], w = widths[c]));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     for (r, e) in v["evictions"].as_object().into_iter().flatten() {
-        out.push_str(&format!(
-            "evicted ({r}): {} items, {:.1} MB\n",
-            e["count"],
-            mb(&e["bytes"])
-        ));
+        if n(&e["count"]) > 0 {
+            out.push_str(&format!(
+                "evicted ({r}): {} items, {}\n",
+                n(&e["count"]),
+                human_size(n(&e["bytes"]))
+            ));
+        }
     }
     out
 }

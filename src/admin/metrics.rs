@@ -40,6 +40,16 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 /// One route's metric handles.
 struct RouteHandles {
     latency: Histogram,
@@ -59,6 +69,8 @@ pub struct Metrics {
     evicted_bytes: Family<ReasonLabel, Counter>,
     store_write_errors: Counter,
     dead_letters: Gauge,
+    replays: Family<ResultLabel, Counter>,
+    kind_limits: Family<KindLabel, Gauge>,
     by_kind: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Per route: its latency histogram and request counters, resolved once (metric handles share their
     /// atomics), so recording a request allocates nothing.
@@ -79,6 +91,10 @@ pub struct Scrape<'a> {
     pub evictions: &'a BTreeMap<&'static str, (u64, u64)>,
     /// Writes the store did not take since start.
     pub store_write_errors: u64,
+    /// Replay attempts by result since start.
+    pub replays: &'a [(&'static str, u64)],
+    /// Budgets of single kinds.
+    pub kind_limits: &'a BTreeMap<String, u64>,
 }
 
 impl Default for Metrics {
@@ -157,6 +173,25 @@ impl Metrics {
             "Queued writes that stopped for good and wait for the app or the user",
             dead_letters.clone(),
         );
+        let replays = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "outpost_replays",
+            "Replay attempts of queued writes since start, by result",
+            replays.clone(),
+        );
+        for result in crate::queue::events::ReplayCounts::RESULTS {
+            replays
+                .get_or_create(&ResultLabel {
+                    result: result.to_string(),
+                })
+                .inc_by(0);
+        }
+        let kind_limits = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "outpost_cache_kind_limit_bytes",
+            "The size budget of one kind ([budget] in the config)",
+            kind_limits.clone(),
+        );
         registry.register(
             "outpost_build",
             "Outpost's version",
@@ -176,6 +211,8 @@ impl Metrics {
             evicted_bytes,
             store_write_errors,
             dead_letters,
+            replays,
+            kind_limits,
             by_kind: Mutex::new(BTreeMap::new()),
             hot: Mutex::new(std::collections::HashMap::new()),
         }
@@ -290,6 +327,18 @@ impl Metrics {
             };
             catch_up(&self.evictions.get_or_create(&l), *n);
             catch_up(&self.evicted_bytes.get_or_create(&l), *bytes);
+        }
+        for (result, n) in s.replays {
+            let l = ResultLabel {
+                result: result.to_string(),
+            };
+            catch_up(&self.replays.get_or_create(&l), *n);
+        }
+        self.kind_limits.clear();
+        for (kind, limit) in s.kind_limits {
+            self.kind_limits
+                .get_or_create(&KindLabel { kind: kind.clone() })
+                .set(i64::try_from(*limit).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -15,6 +15,7 @@ pub mod metrics;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -42,14 +43,11 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&path)?;
+    let mut f = crate::platform::private_file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
     std::io::Write::write_all(&mut f, token.as_bytes())?;
     f.sync_all()?;
     Ok(token)
@@ -70,8 +68,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Admin request handler.
 pub struct Admin {
-    upstreams: Arc<Upstreams>,
-    config: Arc<Config>,
+    /// The upstreams and config in force (a reload swaps both).
+    upstreams: Arc<ArcSwap<Upstreams>>,
+    config: Arc<ArcSwap<Config>>,
     outbox: Arc<Outbox>,
     store: Arc<Store>,
     evictor: Arc<Evictor>,
@@ -83,8 +82,8 @@ pub struct Admin {
 impl Admin {
     /// Builds the handler.
     pub fn new(
-        upstreams: Arc<Upstreams>,
-        config: Arc<Config>,
+        upstreams: Arc<ArcSwap<Upstreams>>,
+        config: Arc<ArcSwap<Config>>,
         outbox: Arc<Outbox>,
         store: Arc<Store>,
         evictor: Arc<Evictor>,
@@ -136,7 +135,7 @@ impl Admin {
         name.eq_ignore_ascii_case("localhost")
             || name
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback() || ip == self.config.admin_listen.ip())
+                .is_ok_and(|ip| ip.is_loopback() || ip == self.config.load().admin_listen.ip())
     }
 
     /// Answers one admin request.
@@ -159,7 +158,7 @@ impl Admin {
         let open = read
             && match segs.as_slice() {
                 [""] | ["index.html"] | ["healthz"] | ["readyz"] => true,
-                ["metrics"] => self.config.public_metrics,
+                ["metrics"] => self.config.load().public_metrics,
                 _ => false,
             };
         if !open && !self.authorized(&req) {
@@ -194,11 +193,14 @@ impl Admin {
             (&Method::GET, ["metrics"]) => {
                 let ups: Vec<(String, bool)> = self
                     .upstreams
+                    .load()
                     .iter()
                     .map(|u| (u.name().to_string(), u.connectivity().is_online()))
                     .collect();
                 self.metrics.set_store_writable(!self.store.troubled());
                 let evictions = self.evictor.counts().by_reason;
+                let replays = self.outbox.replay_counts();
+                let kind_limits = self.evictor.kind_limits();
                 let text = self.metrics.render(&metrics::Scrape {
                     cache_bytes: self.evictor.used(),
                     queue_depth: self.outbox.depth(),
@@ -206,6 +208,8 @@ impl Admin {
                     upstreams: &ups,
                     evictions: &evictions,
                     store_write_errors: self.store.write_errors(),
+                    replays: &replays,
+                    kind_limits: &kind_limits,
                 });
                 let mut r = Response::new(body::full(text));
                 r.headers_mut().insert(
@@ -224,7 +228,7 @@ impl Admin {
             },
             (&Method::GET, ["api", "queue"]) => match self.outbox.list() {
                 Ok(items) => {
-                    let items: Vec<Value> = items.iter().map(item_json).collect();
+                    let items: Vec<Value> = items.iter().map(|i| item_json(i, &self.outbox)).collect();
                     json_ok(json!({
                         "state": self.outbox.state(),
                         "depth": self.outbox.depth(),
@@ -269,9 +273,16 @@ impl Admin {
         let kinds = self.store.kind_usage().unwrap_or_default();
         let outcomes = self.metrics.outcomes_by_kind();
         let mut per_kind = serde_json::Map::new();
-        let names: std::collections::BTreeSet<String> = kinds.keys().cloned().chain(outcomes.keys().cloned()).collect();
+        let limits = self.evictor.kind_limits();
+        let names: std::collections::BTreeSet<String> = kinds
+            .keys()
+            .cloned()
+            .chain(outcomes.keys().cloned())
+            .chain(limits.keys().cloned())
+            .collect();
         for k in names {
             let (count, bytes) = kinds.get(&k).copied().unwrap_or((0, 0));
+            let limit = limits.get(&k).copied();
             let o = outcomes.get(&k).cloned().unwrap_or_default();
             let get = |n: &str| o.get(n).copied().unwrap_or(0);
             let served_from_cache = get("HIT") + get("STALE") + get("REVALIDATED") + get("OFFLINE");
@@ -279,7 +290,7 @@ impl Admin {
             per_kind.insert(
                 k,
                 json!({
-                    "entries": count, "bytes": bytes,
+                    "entries": count, "bytes": bytes, "limit": limit,
                     "hit": get("HIT"), "miss": get("MISS"), "stale": get("STALE"),
                     "revalidated": get("REVALIDATED"), "offline": get("OFFLINE"), "queued": get("QUEUED"), "bypass": get("BYPASS"),
                     "hit_rate": if lookups == 0 { 0.0 } else { served_from_cache as f64 / lookups as f64 },
@@ -321,8 +332,13 @@ impl Admin {
         }
         if let Some(k) = kind {
             // A typo must not clear nothing and say "0 cleared" as if that were the answer.
-            let mut known: std::collections::BTreeSet<String> =
-                self.config.routes.iter().map(|r| r.policy.kind.clone()).collect();
+            let mut known: std::collections::BTreeSet<String> = self
+                .config
+                .load()
+                .routes
+                .iter()
+                .map(|r| r.policy.kind.clone())
+                .collect();
             known.insert(crate::routes::RoutePolicy::default().kind);
             known.extend(self.store.kind_usage().unwrap_or_default().into_keys());
             if !known.contains(k) {
@@ -364,7 +380,7 @@ impl Admin {
         let Some(url) = url else {
             return json_error(StatusCode::BAD_REQUEST, "say which URL: ?url=/api/v1/library", None);
         };
-        let Some(url_key) = url_key(&self.config, &url) else {
+        let Some(url_key) = url_key(&self.config.load(), &url) else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 &format!("{url:?} is not a URL path (e.g. /api/v1/library?page=2)"),
@@ -385,6 +401,7 @@ impl Admin {
         let ready = trouble.is_none() && replay;
         let ups: Vec<Value> = self
             .upstreams
+            .load()
             .iter()
             .map(|u| json!({"upstream": u.name(), "online": u.connectivity().is_online()}))
             .collect();
@@ -406,7 +423,7 @@ impl Admin {
             let _ = self.store.set_setting("max_size", None);
             let _ = self.store.set_setting("auto_evict", None);
             self.evictor
-                .configure(self.config.max_size, self.config.cache.auto_evict);
+                .configure(self.config.load().max_size, self.config.load().cache.auto_evict);
             return json_ok(json!({"max_size": self.evictor.max_size(), "auto_evict": self.evictor.auto_evict()}));
         }
         let mut max = self.evictor.max_size();
@@ -446,14 +463,19 @@ impl Admin {
     }
 
     fn status(&self) -> Value {
-        let ups: Vec<_> = self.upstreams.iter().map(|u| u.connectivity().snapshot()).collect();
+        let ups: Vec<_> = self
+            .upstreams
+            .load()
+            .iter()
+            .map(|u| u.connectivity().snapshot())
+            .collect();
         let (entries, bytes) = self.store.usage().unwrap_or((0, 0));
         let saved = self.store.dedup_saved().unwrap_or(0);
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "listen": self.config.listen.to_string(),
-            "data_dir": self.config.data_dir.display().to_string(),
-            "max_size": self.config.max_size,
+            "listen": self.config.load().listen.to_string(),
+            "data_dir": self.config.load().data_dir.display().to_string(),
+            "max_size": self.config.load().max_size,
             "upstreams": ups,
             "queue": {
                 "state": self.outbox.state(),
@@ -468,7 +490,7 @@ impl Admin {
                     "write_errors": self.store.write_errors(),
                 }),
             },
-            "admin_token_file": token_path(&self.config.data_dir).display().to_string(),
+            "admin_token_file": token_path(&self.config.load().data_dir).display().to_string(),
         })
     }
 }
@@ -493,7 +515,13 @@ fn url_key(config: &crate::config::Config, url: &str) -> Option<Vec<u8>> {
     ))
 }
 
-fn item_json(i: &crate::queue::OutboxRecord) -> Value {
+fn item_json(i: &crate::queue::OutboxRecord, outbox: &Outbox) -> Value {
+    // A spooled body's size is its file's.
+    let spooled = i.body_file.as_deref().and_then(|f| outbox.spool()?.path(f));
+    let body_bytes = match &spooled {
+        Some(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        None => i.body.len() as u64,
+    };
     json!({
         "id": i.id,
         "method": i.method,
@@ -508,7 +536,8 @@ fn item_json(i: &crate::queue::OutboxRecord) -> Value {
         "idempotency_key": i.idempotency_key,
         "ordering_key": i.ordering_key,
         "priority": i.priority,
-        "body_bytes": i.body.len(),
+        "body_bytes": body_bytes,
+        "spooled": spooled.is_some(),
     })
 }
 

@@ -32,6 +32,28 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8788";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./outpost-data";
+
+/// Query parameters whose values never reach the log unless the config lists others (`log_redact`).
+pub const DEFAULT_REDACT: &[&str] = &[
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "signature",
+    "sig",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "secret",
+    "client_secret",
+    "code",
+];
 /// Default cache size budget.
 pub const DEFAULT_MAX_SIZE: &str = "500MB";
 /// Name given to the upstream created by `--upstream URL` when the file names none.
@@ -49,7 +71,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
-    #[error("{file}:{line}: {key}: {reason}")]
+    #[error("{}", invalid_text(.file, .line, .key, .reason))]
     Invalid {
         /// The file's path as given (or `<flags>` for command-line values).
         file: String,
@@ -60,6 +82,15 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// `FILE:LINE: key: reason`; without a line `FILE: key: reason`; for a flag `--flag: reason`.
+fn invalid_text(file: &str, line: &usize, key: &str, reason: &str) -> String {
+    match (file, *line) {
+        ("<flags>", _) => format!("{key}: {reason}"),
+        (_, 0) => format!("{file}: {key}: {reason}"),
+        _ => format!("{file}:{line}: {key}: {reason}"),
+    }
 }
 
 /// Values from flags and environment variables; they win over the file.
@@ -212,6 +243,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Cache budget in bytes (enforced by eviction).
     pub max_size: u64,
+    /// Budgets of single kinds in bytes (`[budget] audio = "500MB"`), each within `max_size`.
+    pub kind_limits: std::collections::BTreeMap<String, u64>,
     /// Deadline for in-flight requests at shutdown.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
@@ -221,8 +254,13 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Query parameters whose values the request log shows as `REDACTED`.
+    pub log_redact: Vec<String>,
     /// `/metrics` on the admin port answers without the admin token (for a scraper that cannot send it).
     pub public_metrics: bool,
+    /// Stored bodies go from file to socket without a copy where the platform can (`sendfile(2)` on
+    /// Linux); `false` takes the ordinary write path every platform has.
+    pub zero_copy: bool,
     /// App connections open at once (more wait in the listen backlog).
     pub max_connections: usize,
     /// Longest pause inside a request body, and the longest a write body being read to be queued may

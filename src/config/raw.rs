@@ -20,7 +20,9 @@ pub struct RawConfig {
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) header_read_timeout: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
+    pub(super) log_redact: Option<Vec<String>>,
     pub(super) public_metrics: Option<bool>,
+    pub(super) zero_copy: Option<bool>,
     pub(super) max_connections: Option<Spanned<i64>>,
     pub(super) body_read_timeout: Option<Spanned<String>>,
     pub(super) max_buffered_bodies: Option<Spanned<String>>,
@@ -28,6 +30,9 @@ pub struct RawConfig {
     pub(super) cache: RawCache,
     #[serde(default)]
     pub(super) queue: RawQueue,
+    /// Limits of single kinds: `[budget] audio = "500MB"`.
+    #[serde(default)]
+    pub(super) budget: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub(super) encryption: RawEncryption,
     #[serde(default)]

@@ -185,6 +185,39 @@ fn parse_upstream_url(s: &str) -> Result<Uri, String> {
 }
 
 impl RawConfig {
+    /// `[budget] KIND = SIZE`: each a kind some route stores under, at most the global `max_size`.
+    fn kind_limits(
+        &self,
+        cx: &Ctx<'_>,
+        routes: &[RouteConfig],
+        max_size: u64,
+    ) -> Result<std::collections::BTreeMap<String, u64>, ConfigError> {
+        let mut known: std::collections::BTreeSet<String> = routes.iter().map(|r| r.policy.kind.clone()).collect();
+        known.insert(crate::routes::RoutePolicy::default().kind);
+        let mut out = std::collections::BTreeMap::new();
+        for (kind, size) in &self.budget {
+            let key = format!("budget.{kind}");
+            if !known.contains(kind) {
+                let list: Vec<&str> = known.iter().map(String::as_str).collect();
+                return Err(cx.err(
+                    Some(size.span()),
+                    &key,
+                    format!("no route stores answers of kind {kind:?} (kinds: {})", list.join(", ")),
+                ));
+            }
+            let limit = parse_size(size.get_ref()).map_err(|r| cx.err(Some(size.span()), &key, r))?;
+            if limit > max_size {
+                return Err(cx.err(
+                    Some(size.span()),
+                    &key,
+                    format!("{} is more than max_size ({max_size} bytes)", size.get_ref()),
+                ));
+            }
+            out.insert(kind.clone(), limit);
+        }
+        Ok(out)
+    }
+
     /// Stage two: check every value, apply overrides and defaults.
     pub fn validate(self, src: &str, file: &str, ov: &Overrides) -> Result<Config, ConfigError> {
         let cx = Ctx { src, file };
@@ -208,7 +241,9 @@ impl RawConfig {
         )?;
         let (upstreams, default_upstream) = self.upstreams(&cx, merged.upstream)?;
         let routes = self.routes(&cx, &upstreams, default_upstream)?;
+        let kind_limits = self.kind_limits(&cx, &routes, max_size)?;
         Ok(Config {
+            kind_limits,
             encryption: self.encryption(&cx)?,
             listen,
             admin_listen,
@@ -221,7 +256,12 @@ impl RawConfig {
                 Duration::from_secs(10),
             )?,
             log_format,
+            log_redact: match &self.log_redact {
+                Some(names) => names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                None => super::DEFAULT_REDACT.iter().map(|s| s.to_string()).collect(),
+            },
             public_metrics: self.public_metrics.unwrap_or(false),
+            zero_copy: self.zero_copy.unwrap_or(true),
             max_connections: match &self.max_connections {
                 None => crate::server::DEFAULT_MAX_CONNECTIONS,
                 Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as usize,

@@ -19,12 +19,12 @@ pub mod forward;
 mod invalidate;
 mod prefetch;
 pub mod replay;
+pub mod reqlog;
 pub mod tunnel;
 mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -60,6 +60,8 @@ pub struct Proxy {
     body_read_timeout: std::time::Duration,
     /// `PURGE` from apps is honoured (`[cache] allow_purge`).
     allow_purge: bool,
+    /// Query parameters shown as `REDACTED` in the request log.
+    log_redact: Vec<String>,
     /// Bytes of write bodies held while they are read to be queued (one permit per byte).
     buffered: Arc<tokio::sync::Semaphore>,
     store: Arc<Store>,
@@ -86,6 +88,7 @@ impl Proxy {
             cors: cors::Cors::new(store.clone()),
             body_read_timeout: std::time::Duration::from_secs(30),
             allow_purge: false,
+            log_redact: reqlog::DEFAULT_REDACT.iter().map(|s| s.to_string()).collect(),
             buffered: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
             forwarder,
             flow,
@@ -103,6 +106,12 @@ impl Proxy {
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         self.buffered = Arc::new(tokio::sync::Semaphore::new(permits));
+        self
+    }
+
+    /// Query parameters whose values the request log replaces by `REDACTED`.
+    pub fn with_log_redact(mut self, names: Vec<String>) -> Proxy {
+        self.log_redact = names;
         self
     }
 
@@ -146,31 +155,27 @@ impl Proxy {
     }
 
     /// Handles one client request end to end; never fails (errors become responses).
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<body::BoxError>,
     {
-        let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
+        let seen = reqlog::Seen::new(&method, &path, query.as_deref(), req.headers_mut(), &self.log_redact);
+        let started = seen.started();
         if let Err(e) = check_request(&req) {
-            let resp = e.into_response();
-            log_line(&method, &path, "-", "-", resp.status(), Outcome::Bypass, started);
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(reqlog::REQUEST_ID, seen.id().clone());
+            seen.log("-", "-", resp.status(), Outcome::Bypass);
             return resp;
         }
         let (route, upstream) = self.forwarder.route(&method, &path);
         if method.as_str() == "PURGE" {
-            let resp = self.purge(req.headers(), req.uri(), &route).await;
-            log_line(
-                &method,
-                &path,
-                route.name,
-                upstream.name(),
-                resp.status(),
-                Outcome::Bypass,
-                started,
-            );
+            let mut resp = self.purge(req.headers(), req.uri(), &route).await;
+            resp.headers_mut().insert(reqlog::REQUEST_ID, seen.id().clone());
+            seen.log(route.name, upstream.name(), resp.status(), Outcome::Bypass);
             return resp;
         }
         let upstream = upstream.clone();
@@ -331,15 +336,9 @@ impl Proxy {
                     .insert(HeaderName::from_static("x-outpost-pending"), HeaderValue::from(pending));
             }
         }
-        log_line(
-            &method,
-            &path,
-            route.name,
-            upstream.name(),
-            resp.status(),
-            outcome,
-            started,
-        );
+        // Ours, also over an id a stored answer carries from the request that filled it.
+        resp.headers_mut().insert(reqlog::REQUEST_ID, seen.id().clone());
+        seen.log(route.name, upstream.name(), resp.status(), outcome);
         self.metrics.request(
             route.name,
             &route.policy.kind,
@@ -466,33 +465,6 @@ fn has_dot_dot(path: &str) -> bool {
     decoded.split('/').any(|seg| seg == "..")
 }
 
-fn log_line(
-    method: &Method,
-    path: &str,
-    route: &str,
-    upstream: &str,
-    status: StatusCode,
-    outcome: Outcome,
-    started: Instant,
-) {
-    tracing::info!(
-        target: "outpost::request",
-        %method,
-        path,
-        route,
-        upstream,
-        status = status.as_u16(),
-        cache = outcome.as_str(),
-        ms = ms_2dp(started.elapsed()),
-    );
-}
-
-/// Milliseconds with two decimals (`ms=1.25`, a number in JSON logs too): rounding the value is cheaper
-/// than formatting it, and nobody reads nanoseconds in a request log.
-fn ms_2dp(d: std::time::Duration) -> f64 {
-    (d.as_micros() as f64 / 10.0).round() / 100.0
-}
-
 /// Adds Outpost's member to `Cache-Status` (RFC 9211), after any an upstream cache put there.
 fn cache_status(resp: &mut Response<ProxyBody>, outcome: Outcome, failed: Option<&str>) {
     let stored = resp.extensions().get::<crate::cache::Storing>().is_some();
@@ -505,18 +477,5 @@ fn cache_status(resp: &mut Response<ProxyBody>, outcome: Outcome, failed: Option
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         resp.headers_mut().insert(name, v);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn request_log_durations_have_two_decimals() {
-        assert_eq!(super::ms_2dp(Duration::from_micros(1254)), 1.25);
-        assert_eq!(super::ms_2dp(Duration::from_micros(1256)), 1.26);
-        assert_eq!(super::ms_2dp(Duration::from_nanos(999)), 0.0);
-        assert_eq!(super::ms_2dp(Duration::from_secs(2)), 2000.0);
     }
 }

@@ -78,7 +78,27 @@ impl Delivery for Replayer {
     async fn send(&self, item: &OutboxRecord) -> Result<Response<ProxyBody>, SendError> {
         let (method, uri) = target(item).map_err(SendError::Invalid)?;
         let (route, upstream) = self.forwarder.route(&method, uri.path());
-        let mut req = Request::new(body::full(item.body.clone()));
+        let body = match &item.body_file {
+            None => body::full(item.body.clone()),
+            // A spooled body is streamed from its file, whole on every attempt.
+            Some(name) => {
+                let path = self
+                    .outbox
+                    .spool()
+                    .and_then(|s| s.path(name))
+                    .ok_or_else(|| SendError::Invalid(format!("spool file {name:?} is not a spool file name")))?;
+                body::file(&path).await.map_err(|e| {
+                    let why = format!("the spooled body {} cannot be read: {e}", path.display());
+                    // A missing file will not come back; anything else may pass.
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        SendError::Invalid(why)
+                    } else {
+                        SendError::Failed(why)
+                    }
+                })?
+            }
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         for (n, v) in &item.headers {
@@ -118,6 +138,27 @@ impl Delivery for Replayer {
         for p in &item.invalidates {
             invalidate::path(&self.forwarder, &self.cache, p, &item.partition);
         }
+    }
+}
+
+/// The replayer of the config in force: a reload swaps it, and the worker's next attempt uses the new
+/// routes and upstreams (an attempt already sent finishes on the old ones).
+impl Delivery for arc_swap::ArcSwap<Replayer> {
+    fn online(&self, item: &OutboxRecord) -> bool {
+        self.load().online(item)
+    }
+
+    async fn send(&self, item: &OutboxRecord) -> Result<Response<ProxyBody>, SendError> {
+        let current = self.load_full();
+        current.send(item).await
+    }
+
+    fn conflict_policy(&self, item: &OutboxRecord) -> ConflictPolicy {
+        self.load().conflict_policy(item)
+    }
+
+    fn delivered(&self, item: &OutboxRecord) {
+        self.load().delivered(item)
     }
 }
 

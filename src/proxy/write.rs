@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -19,6 +20,7 @@ use super::error::ProxyError;
 use super::{invalidate, Proxy};
 use crate::body::{self, ProxyBody};
 use crate::cache::Outcome;
+use crate::queue::spool::SpoolWriter;
 use crate::queue::OutboxRecord;
 use crate::queue::QueueError;
 use crate::routes::RouteMatch;
@@ -71,14 +73,24 @@ impl Proxy {
         }
         let (parts, body) = req.into_parts();
         let mut body = body::boxed(body);
-        // Read up to max_body; a longer body without a declared length is streamed on, unqueueable.
+        // Read up to max_body; a longer body without a declared length is streamed on, unqueueable. Past
+        // SPOOL_OVER the body goes to a spool file as it arrives, so memory holds one chunk at most.
         let mut buf = bytes::BytesMut::new();
+        let mut spooled: Option<SpoolWriter> = None;
+        let mut total: u64 = 0;
         let mut overflow = None;
-        // What the buffer holds counts against max_buffered_bodies until this write is answered.
+        // What the buffer holds counts against max_buffered_bodies until it is spooled or answered.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let deadline = tokio::time::Instant::now() + self.body_read_timeout;
+        let spool_failed = |e: std::io::Error| self.spool_failed(upstream, e);
         loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            // The whole-body deadline bounds how long memory is held; a spooled body holds none, so only
+            // the pause limit (the IdleTimeout around the body) bounds it from then on.
+            let next = match spooled {
+                None => tokio::time::timeout_at(deadline, body.frame()).await,
+                Some(_) => Ok(body.frame().await),
+            };
+            let frame = match next {
                 Err(_) => return Err(ProxyError::BodyTimeout),
                 Ok(None) => break,
                 Ok(Some(frame)) => frame,
@@ -91,10 +103,11 @@ impl Proxy {
                 }
             })?;
             if let Ok(d) = f.into_data() {
-                if buf.len() + d.len() > max as usize {
+                if total + d.len() as u64 > max {
                     overflow = Some(d);
                     break;
                 }
+                total += d.len() as u64;
                 let n = u32::try_from(d.len()).map_err(|_| ProxyError::Overloaded)?;
                 let permit = self
                     .buffered
@@ -106,14 +119,60 @@ impl Proxy {
                     None => held = Some(permit),
                 }
                 buf.extend_from_slice(&d);
+                if buf.len() >= SPOOL_OVER {
+                    if let Some(spool) = self.outbox.spool() {
+                        let w = match spooled.take() {
+                            Some(w) => w,
+                            None => spool.begin().map_err(spool_failed)?,
+                        };
+                        spooled = Some(spool_chunk(w, buf.split().freeze()).await.map_err(spool_failed)?);
+                        held = None;
+                    }
+                }
             }
         }
+        // A spooled body is made durable under its final name; from here on it is sent from the file.
+        let file = match spooled {
+            None => None,
+            Some(w) => {
+                let rest = buf.split().freeze();
+                let done = tokio::task::spawn_blocking(move || {
+                    let mut w = w;
+                    w.write(&rest)?;
+                    w.finish()
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r);
+                let (name, _) = done.map_err(spool_failed)?;
+                Some(name)
+            }
+        };
+        let spool_path = |name: &str| self.outbox.spool().and_then(|s| s.path(name));
+        let open_body = |bytes: Bytes| {
+            let path = file.as_deref().and_then(spool_path);
+            async move {
+                match path {
+                    Some(p) => body::file(&p).await,
+                    None => Ok(body::full(bytes)),
+                }
+            }
+        };
+        let forget_file = || {
+            if let (Some(spool), Some(name)) = (self.outbox.spool(), file.as_deref()) {
+                spool.remove(name);
+            }
+        };
         if let Some(next) = overflow {
-            let head = stream::iter([Ok(Frame::data(buf.freeze())), Ok(Frame::data(next))]);
+            let head = open_body(buf.freeze()).await.map_err(spool_failed)?;
+            let head = http_body_util::BodyStream::new(head);
+            let more = stream::iter([Ok(Frame::data(next))]);
             let rest = http_body_util::BodyStream::new(body);
-            let streamed = BodyExt::boxed(StreamBody::new(head.chain(rest)));
+            let streamed = BodyExt::boxed(StreamBody::new(head.chain(more).chain(rest)));
             let req = Request::from_parts(parts, streamed);
-            return match self.forwarder.forward(req, route, upstream, peer, None).await {
+            let sent = self.forwarder.forward(req, route, upstream, peer, None).await;
+            forget_file();
+            return match sent {
                 Ok(resp) => Ok((resp, Outcome::Bypass)),
                 Err(e) if e.not_sent() => Err(too_big(format!(
                     "{e}; this body is larger than the route's max_body ({max} bytes), so it cannot be queued"
@@ -146,6 +205,7 @@ impl Proxy {
                 .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect(),
             body: bytes.to_vec(),
+            body_file: file.clone(),
             idempotency_key: key.clone(),
             partition: partition.clone(),
             route: route.name.to_string(),
@@ -163,12 +223,12 @@ impl Proxy {
             // Earlier writes of this line are still queued: going first would reorder them.
             return queued("behind earlier queued writes".into()).await;
         }
-        let mut out = Request::new(body::full(bytes.clone()));
+        let mut out = Request::new(open_body(bytes.clone()).await.map_err(spool_failed)?);
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = parts.uri.clone();
         *out.version_mut() = parts.version;
         *out.headers_mut() = headers.clone();
-        match self.forwarder.forward(out, route, upstream, peer, None).await {
+        let answer = match self.forwarder.forward(out, route, upstream, peer, None).await {
             Ok(resp) => {
                 if resp.status().is_success() || resp.status().is_redirection() {
                     let cache = self.flow.cache();
@@ -179,12 +239,30 @@ impl Proxy {
                 }
                 Ok((resp, Outcome::Bypass))
             }
-            Err(e) if e.not_sent() => queued("upstream unreachable".into()).await,
+            Err(e) if e.not_sent() => return queued("upstream unreachable".into()).await,
             // The outcome is unknown: replaying is only safe when the app gave its own key.
             Err(e) if app_key.is_some() => {
-                queued(format!("outcome unknown ({e}); the app's key makes a replay safe")).await
+                return queued(format!("outcome unknown ({e}); the app's key makes a replay safe")).await
             }
             Err(e) => Err(e.into()),
+        };
+        // Sent (or refused for good): the spooled copy is not needed.
+        forget_file();
+        answer
+    }
+
+    /// A body that could not be spooled: the write is not queued, and the answer says why.
+    fn spool_failed(&self, upstream: &Upstream, e: std::io::Error) -> ProxyError {
+        let full = e.kind() == std::io::ErrorKind::StorageFull
+            || e.raw_os_error().is_some_and(crate::platform::is_disk_full_code);
+        tracing::error!(error = %e, "spooling a write body failed");
+        ProxyError::Storage {
+            upstream: upstream.name().to_string(),
+            reason: format!(
+                "the write was NOT queued: its body could not be written to Outpost's data dir ({}): {e}",
+                self.outbox.data_dir().display()
+            ),
+            full,
         }
     }
 
@@ -202,6 +280,7 @@ impl Proxy {
         uri: &Uri,
     ) -> Answer {
         let outbox = self.outbox.clone();
+        let file = item.body_file.clone();
         let stored = match tokio::task::spawn_blocking(move || outbox.enqueue(item)).await {
             Ok(r) => r,
             Err(e) => Err(QueueError::Batch(e.to_string())),
@@ -213,6 +292,9 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::error!(error = %e, "queueing a write failed");
+                if let (Some(spool), Some(name)) = (self.outbox.spool(), file.as_deref()) {
+                    spool.remove(name);
+                }
                 // The store noted why; a full disk is named as such, with where it is.
                 let full = self.outbox.store_trouble().is_some_and(|t| t.full);
                 let dir = self.outbox.data_dir().display();
@@ -235,6 +317,16 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Bodies longer than this go to a spool file as they arrive (a recorded take, an exported mix).
+const SPOOL_OVER: usize = 1 << 20;
+
+/// Appends `chunk` to a spool file off the runtime threads.
+async fn spool_chunk(mut w: SpoolWriter, chunk: Bytes) -> std::io::Result<SpoolWriter> {
+    tokio::task::spawn_blocking(move || w.write(&chunk).map(|_| w))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 /// A fresh random Idempotency-Key (128 bits, hex).

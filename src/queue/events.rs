@@ -48,3 +48,38 @@ impl Events {
         self.tx.subscribe()
     }
 }
+
+/// How replay attempts ended, counted since start (`outpost_replays_total{result}`).
+#[derive(Default)]
+pub struct ReplayCounts {
+    counts: [std::sync::atomic::AtomicU64; 7],
+}
+
+impl ReplayCounts {
+    /// Every result, in the order [`ReplayCounts::all`] gives them.
+    pub const RESULTS: [&'static str; 7] = [
+        "delivered",
+        "retry",
+        "not_backend",
+        "dead_letter",
+        "conflict",
+        "overridden",
+        "needs_auth",
+    ];
+
+    /// One attempt ended with `result` (one of [`ReplayCounts::RESULTS`]; others are ignored).
+    pub fn count(&self, result: &str) {
+        if let Some(i) = Self::RESULTS.iter().position(|r| *r == result) {
+            self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// (result, attempts) for every result, 0 included.
+    pub fn all(&self) -> Vec<(&'static str, u64)> {
+        Self::RESULTS
+            .iter()
+            .zip(&self.counts)
+            .map(|(r, c)| (*r, c.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+}

@@ -9,9 +9,10 @@
 //! lines. A user whose credentials the upstream refuses (401/403) waits alone: the other users' lines go on.
 
 pub mod backoff;
-mod events;
+pub mod events;
 mod record;
 mod replay;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,9 @@ pub enum QueueError {
     /// No item with that id.
     #[error("no queued item {0}")]
     NotFound(String),
+    /// The spool directory could not be opened.
+    #[error("spool: {0}")]
+    Spool(String),
     /// The group commit this write was part of failed: the write was NOT queued.
     #[error("outbox write failed: {0}")]
     Batch(String),
@@ -80,6 +84,10 @@ pub struct Outbox {
     dead_total: AtomicU64,
     /// A replay worker is running (for `/readyz`).
     worker_running: std::sync::atomic::AtomicBool,
+    /// How replay attempts ended.
+    replays: events::ReplayCounts,
+    /// Files of large bodies (`None` with encryption at rest: bodies stay in sealed records).
+    spool: Option<spool::Spool>,
 }
 
 type EnqueueResult = Result<(String, usize), String>;
@@ -104,7 +112,7 @@ impl Outbox {
     /// Opens the outbox over the store (items survive restarts).
     pub fn open(store: Arc<Store>, settings: QueueSettings) -> Result<Outbox, QueueError> {
         let last = store.outbox_last_seq()?;
-        let outbox = Outbox {
+        let mut outbox = Outbox {
             store,
             settings,
             next_seq: AtomicU64::new(last + 1),
@@ -118,15 +126,38 @@ impl Outbox {
             events: events::Events::default(),
             dead_total: AtomicU64::new(0),
             worker_running: std::sync::atomic::AtomicBool::new(false),
+            replays: events::ReplayCounts::default(),
+            spool: None,
         };
+        if !outbox.store.encrypted() {
+            let spool = spool::Spool::open(outbox.store.dir()).map_err(|e| QueueError::Spool(e.to_string()))?;
+            outbox.spool = Some(spool);
+        }
+        let mut named = std::collections::HashSet::new();
         for item in record::all(&outbox.store)? {
+            if let Some(f) = &item.body_file {
+                named.insert(f.clone());
+            }
             match item.state {
                 ItemState::Pending => outbox.count_paths(&item, 1),
                 ItemState::DeadLetter => outbox.count_dead(&item.partition, 1),
                 ItemState::Overridden => {}
             }
         }
+        if let Some(spool) = &outbox.spool {
+            // Files whose record never committed (a crash in between) or was removed.
+            match spool.sweep(&named) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, "removed spool files no queued write names"),
+                Err(e) => tracing::warn!(error = %e, "sweeping the spool failed"),
+            }
+        }
         Ok(outbox)
+    }
+
+    /// Where large write bodies are spooled (`None` with encryption at rest).
+    pub fn spool(&self) -> Option<&spool::Spool> {
+        self.spool.as_ref()
     }
 
     fn count_dead(&self, partition: &str, add: isize) {
@@ -191,6 +222,15 @@ impl Outbox {
     /// True while a replay worker runs over this outbox.
     pub fn replay_running(&self) -> bool {
         self.worker_running.load(Ordering::Relaxed)
+    }
+
+    /// How replay attempts ended since start: (result, count) for every result.
+    pub fn replay_counts(&self) -> Vec<(&'static str, u64)> {
+        self.replays.all()
+    }
+
+    pub(crate) fn count_replay(&self, result: &str) {
+        self.replays.count(result);
     }
 
     pub(crate) fn set_replay_running(&self, on: bool) {
@@ -385,6 +425,9 @@ impl Outbox {
     pub(crate) fn remove(&self, item: &OutboxRecord) -> Result<(), QueueError> {
         let _order = self.order_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.store.outbox_delete(item.seq)?;
+        if let (Some(spool), Some(f)) = (&self.spool, &item.body_file) {
+            spool.remove(f);
+        }
         match item.state {
             ItemState::Pending => self.count_paths(item, -1),
             ItemState::DeadLetter => self.count_dead(&item.partition, -1),

@@ -43,9 +43,12 @@ pub struct OutboxRecord {
     pub uri: String,
     /// Request headers as sent by the app (plus the Idempotency-Key).
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Request body.
+    /// Request body (empty when it is spooled).
     #[serde(serialize_with = "ser_b64", deserialize_with = "de_b64")]
     pub body: Vec<u8>,
+    /// The spool file holding a large body (see [`crate::queue::spool`]), instead of `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<String>,
     /// Sent on every attempt.
     pub idempotency_key: String,
     /// User partition of the request's credentials.

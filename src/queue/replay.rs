@@ -209,6 +209,7 @@ impl<D: Delivery> ReplayWorker<D> {
                 status: status_of_delivery,
             } => {
                 tracing::info!(id = %item.id, method = %item.method, uri = %item.uri, attempts = item.attempts + 1, "queued write delivered");
+                self.outbox.count_replay("delivered");
                 if let Err(e) = self.outbox.remove(&item) {
                     tracing::error!(id = %item.id, error = %e, "removing a delivered item failed; replay holds back until it is removed");
                     self.hold(Book::Remove(item.clone()));
@@ -227,7 +228,10 @@ impl<D: Delivery> ReplayWorker<D> {
                 if item.attempts >= s.max_attempts || too_old {
                     tracing::warn!(id = %item.id, attempts = item.attempts, "giving up: dead letter");
                     item.state = ItemState::DeadLetter;
+                    self.outbox.count_replay("dead_letter");
                 } else {
+                    self.outbox
+                        .count_replay(if not_backend { "not_backend" } else { "retry" });
                     tracing::debug!(id = %item.id, attempts = item.attempts, ?after, "replay failed; backing off");
                 }
                 self.save(&item, was_pending);
@@ -238,16 +242,23 @@ impl<D: Delivery> ReplayWorker<D> {
                 item.response = Some((status, body));
                 item.last_error = Some(format!("upstream answered {status}"));
                 tracing::warn!(id = %item.id, status, state = state.as_str(), "queued write stopped");
+                self.outbox.count_replay(match (state, status) {
+                    (ItemState::Overridden, _) => "overridden",
+                    (_, 409 | 412) => "conflict",
+                    _ => "dead_letter",
+                });
                 self.save(&item, was_pending);
             }
             Verdict::Invalid { reason } => {
                 tracing::error!(id = %item.id, %reason, "queued write cannot be sent: dead letter");
+                self.outbox.count_replay("dead_letter");
                 item.attempts += 1;
                 item.state = ItemState::DeadLetter;
                 item.last_error = Some(format!("cannot be sent: {reason}"));
                 self.save(&item, was_pending);
             }
             Verdict::NeedsAuth { status } => {
+                self.outbox.count_replay("needs_auth");
                 item.last_error = Some(format!("upstream answered {status}: waiting for newer credentials"));
                 self.save(&item, was_pending);
                 // Only this user waits; everyone else's writes go on.

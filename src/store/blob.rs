@@ -8,7 +8,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -298,7 +297,7 @@ impl BlobStore {
         if let Some(mut seal) = seal {
             seal.flush(file.as_file_mut(), true)?;
             let header = seal.at_rest.header(&seal.prefix, &hash)?;
-            file.as_file().write_all_at(&header, 0)?;
+            crate::platform::write_all_at(file.as_file(), &header, 0)?;
         }
         file.as_file().sync_all()?;
         let dir = dest
@@ -306,7 +305,7 @@ impl BlobStore {
             .ok_or_else(|| io::Error::other("blob path has no parent"))?;
         fs::create_dir_all(dir)?;
         file.persist(&dest).map_err(|e| e.error)?;
-        File::open(dir)?.sync_all()?;
+        crate::platform::sync_dir(dir)?;
         Ok(BlobId { hash, size })
     }
 
@@ -353,7 +352,7 @@ impl BlobStore {
             None => {
                 let file = self.open_blob(hash)?;
                 let mut buf = vec![0u8; size as usize];
-                file.read_exact_at(&mut buf, 0)?;
+                crate::platform::read_exact_at(&file, &mut buf, 0)?;
                 buf
             }
         };
@@ -474,7 +473,7 @@ fn open_sealed(a: &AtRest, file: &File, hash: &str) -> io::Result<(u64, [u8; 16]
     let size = crypt::plain_len(file.metadata()?.len())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "sealed blob has an impossible length"))?;
     let mut header = [0u8; crypt::HEADER];
-    file.read_exact_at(&mut header, 0)?;
+    crate::platform::read_exact_at(file, &mut header, 0)?;
     Ok((size, a.open_header(&header, hash)?))
 }
 
@@ -499,7 +498,7 @@ fn sealed_chunks(
     for i in first..=until {
         let (at, sealed) = crypt::chunk_span(size, i);
         let mut buf = vec![0u8; sealed];
-        file.read_exact_at(&mut buf, at)?;
+        crate::platform::read_exact_at(file, &mut buf, at)?;
         a.open_chunk(prefix, i, i == last, &mut buf)?;
         let from = (offset.max(i * chunk) - i * chunk) as usize;
         let to = ((end - i * chunk) as usize).min(buf.len());

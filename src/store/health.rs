@@ -62,13 +62,8 @@ impl StoreError {
 }
 
 fn io_full(e: &io::Error) -> bool {
-    // ENOSPC and EDQUOT on Unix, ERROR_DISK_FULL and ERROR_HANDLE_DISK_FULL on Windows.
-    #[cfg(unix)]
-    let codes: &[i32] = &[28, 122];
-    #[cfg(not(unix))]
-    let codes: &[i32] = &[112, 39];
     matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
-        || e.raw_os_error().is_some_and(|c| codes.contains(&c))
+        || e.raw_os_error().is_some_and(crate::platform::is_disk_full_code)
         || text_full(&e.to_string())
 }
 

@@ -14,7 +14,6 @@ mod health;
 mod memory;
 mod outbox;
 mod pins;
-mod private;
 mod purge;
 mod salvage;
 mod seam;
@@ -152,8 +151,8 @@ impl Store {
                 "is a file, not a directory: pass a directory for data_dir".to_string(),
             ));
         }
-        private::create_private_dir(dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
-        if let Some(mode) = private::open_to_others(dir) {
+        crate::platform::create_private_dir(dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        if let Some(mode) = crate::platform::open_to_others(dir) {
             tracing::warn!(
                 dir = %dir.display(),
                 mode = format!("{mode:o}"),
@@ -331,4 +330,16 @@ fn check_encryption(db: &DB, dir: &Path, new: bool, at_rest: Option<&AtRest>) ->
         dir: dir.to_path_buf(),
         reason: reason.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_data_dir_that_is_a_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"x").unwrap();
+        let e = super::Store::open(&file).err().unwrap().to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+    }
 }

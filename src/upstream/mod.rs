@@ -86,12 +86,19 @@ pub struct Upstream {
     /// HTTP/1.1 only: a protocol switch (`Upgrade`, RFC 9110 §7.8) exists only there, and an https
     /// upstream would otherwise pick HTTP/2 by ALPN.
     upgrade_client: HttpClient,
-    connectivity: Connectivity,
+    /// Shared with the upstream of the same name and URL that a config reload replaced.
+    connectivity: Arc<Connectivity>,
 }
 
 impl Upstream {
     /// Builds the clients (TLS roots, timeouts, pool) for `config`.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, TlsSetupError> {
+        let connectivity = Arc::new(Connectivity::new(&config.name));
+        Upstream::with_connectivity(config, connectivity)
+    }
+
+    /// Same, keeping `connectivity` (what a reload carries over from the upstream it replaces).
+    fn with_connectivity(config: UpstreamConfig, connectivity: Arc<Connectivity>) -> Result<Upstream, TlsSetupError> {
         let tls = tls_config(&config)?;
         let connector = |http2: bool| {
             let mut http = HttpConnector::new();
@@ -120,7 +127,7 @@ impl Upstream {
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector(false));
         Ok(Upstream {
-            connectivity: Connectivity::new(&config.name),
+            connectivity,
             config,
             client,
             upgrade_client,
@@ -299,6 +306,27 @@ impl Upstreams {
         let list = configs
             .iter()
             .map(|c| Upstream::new(c.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstreams { list })
+    }
+
+    /// New clients for `configs` (a config reload: TLS roots and CA files are read again), each keeping
+    /// the connectivity of the current upstream with the same name and URL, so a reload neither forgets
+    /// that the backend is down nor sends the first request after it into a connect timeout.
+    pub fn renewed(&self, configs: &[UpstreamConfig]) -> Result<Upstreams, TlsSetupError> {
+        let list = configs
+            .iter()
+            .map(|c| {
+                let same = self
+                    .list
+                    .iter()
+                    .find(|u| u.config.name == c.name && u.config.url == c.url);
+                let connectivity = match same {
+                    Some(u) => u.connectivity.clone(),
+                    None => Arc::new(Connectivity::new(&c.name)),
+                };
+                Upstream::with_connectivity(c.clone(), connectivity).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams { list })
     }
