@@ -219,6 +219,10 @@ pub struct RoutePolicy {
     pub ignore_query: Vec<String>,
     /// Queue mutating requests while the upstream is unreachable.
     pub queue: bool,
+    /// A queued PUT or DELETE replaces a waiting PUT/PATCH to the same target (see `queue::supersede`).
+    pub supersede: bool,
+    /// A GET of a resource with queued writes answers what they will make of it (`proxy::overlay`).
+    pub overlay: bool,
     /// Largest request body that can be queued.
     pub max_body: u64,
     /// What a replay answered 409/412 does.
@@ -292,6 +296,8 @@ impl Default for RoutePolicy {
             network_timeout: Duration::from_secs(3),
             ignore_query: Vec::new(),
             queue: true,
+            supersede: false,
+            overlay: false,
             max_body: 1 << 20,
             conflict: ConflictPolicy::DeadLetter,
             ordering_key: None,

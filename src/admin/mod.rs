@@ -538,6 +538,7 @@ fn item_json(i: &crate::queue::OutboxRecord, outbox: &Outbox) -> Value {
         "priority": i.priority,
         "body_bytes": body_bytes,
         "spooled": spooled.is_some(),
+        "superseded_by": i.superseded_by,
     })
 }
 
@@ -569,6 +570,7 @@ fn queue_result(r: Result<Value, QueueError>) -> Response<ProxyBody> {
     match r {
         Ok(v) => json_ok(v),
         Err(QueueError::NotFound(id)) => json_error(StatusCode::NOT_FOUND, &format!("no queued item {id}"), None),
+        Err(QueueError::Refused(why)) => json_error(StatusCode::CONFLICT, &why, None),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
     }
 }

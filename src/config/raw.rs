@@ -101,6 +101,8 @@ pub(super) struct RawRoute {
     pub(super) network_timeout: Option<Spanned<String>>,
     pub(super) ignore_query: Option<Vec<String>>,
     pub(super) queue: Option<bool>,
+    pub(super) supersede: Option<bool>,
+    pub(super) overlay: Option<bool>,
     pub(super) max_body: Option<Spanned<String>>,
     pub(super) conflict: Option<Spanned<String>>,
     pub(super) ordering_key: Option<Spanned<String>>,

@@ -120,6 +120,8 @@ fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Res
         network_timeout: cx.duration(&raw.network_timeout, &key("network_timeout"), d.network_timeout)?,
         ignore_query: raw.ignore_query.clone().unwrap_or_default(),
         queue: raw.queue.unwrap_or(d.queue),
+        supersede: raw.supersede.unwrap_or(d.supersede),
+        overlay: raw.overlay.unwrap_or(d.overlay),
         max_body: size(&raw.max_body, "max_body", d.max_body)?,
         conflict: cx.keyword(
             raw.conflict.as_ref(),

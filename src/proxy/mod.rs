@@ -17,6 +17,7 @@ pub mod error;
 pub mod flow;
 pub mod forward;
 mod invalidate;
+mod overlay;
 mod prefetch;
 pub mod replay;
 pub mod reqlog;
@@ -217,7 +218,23 @@ impl Proxy {
         // connection and its buffers for ever).
         let idle = self.body_read_timeout;
         let req = req.map(|b| body::boxed(body::IdleTimeout::new(body::boxed(b), idle)));
-        let answer = if route.policy.upgrade && tunnel::wants_upgrade(req.headers()) {
+        // Read your own writes: this user's queued writes to this very resource, on routes that opt in.
+        let overlay_writes = if read && pending_check && route.policy.overlay {
+            self.outbox.pending_writes_to(&partition, &path)
+        } else {
+            Vec::new()
+        };
+        let overlaid = !overlay_writes.is_empty();
+        let answer = if overlaid {
+            let (parts, _body) = req.into_parts();
+            let head = RequestHead {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+            };
+            self.overlaid(head, &route, &upstream, peer, &overlay_writes).await
+        } else if route.policy.upgrade && tunnel::wants_upgrade(req.headers()) {
             let tunnelled = self.tunnels.open_tunnel(req, &self.forwarder, &route, &upstream, peer);
             tunnelled.await.map(|r| (r, Outcome::Bypass))
         } else if read {
@@ -236,6 +253,7 @@ impl Proxy {
         };
         // Why Outpost answered itself, for Cache-Status (`detail`).
         let failed = match &answer {
+            Ok((r, _)) if overlaid && r.headers().contains_key("x-outpost-overlay") => Some("overlay"),
             Ok(_) => None,
             Err(ProxyError::Offline { .. }) => Some("offline"),
             Err(ProxyError::StaleForbidden { .. }) => Some("stale-forbidden"),

@@ -206,6 +206,7 @@ impl Proxy {
                 .collect(),
             body: bytes.to_vec(),
             body_file: file.clone(),
+            supersede: route.policy.supersede,
             idempotency_key: key.clone(),
             partition: partition.clone(),
             route: route.name.to_string(),

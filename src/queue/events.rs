@@ -11,7 +11,7 @@ const BACKLOG: usize = 256;
 /// One thing that happened to a queued write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueEvent {
-    /// `queued`, `delivered`, `dead_letter` or `overridden`.
+    /// `queued`, `delivered`, `dead_letter`, `overridden` or `superseded`.
     pub event: &'static str,
     /// Queue id (`q<seq>`).
     pub id: String,
@@ -22,6 +22,9 @@ pub struct QueueEvent {
     /// The upstream's status, when it answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// For `superseded`: the id of the write that took its place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The broadcast side.

@@ -13,6 +13,7 @@ pub mod events;
 mod record;
 mod replay;
 pub mod spool;
+mod supersede;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,9 @@ pub enum QueueError {
     /// No item with that id.
     #[error("no queued item {0}")]
     NotFound(String),
+    /// The request does not apply to this item.
+    #[error("{0}")]
+    Refused(String),
     /// The spool directory could not be opened.
     #[error("spool: {0}")]
     Spool(String),
@@ -88,6 +92,8 @@ pub struct Outbox {
     replays: events::ReplayCounts,
     /// Files of large bodies (`None` with encryption at rest: bodies stay in sealed records).
     spool: Option<spool::Spool>,
+    /// The item the replay worker is sending (never superseded under it).
+    in_flight: Mutex<std::collections::HashSet<u64>>,
 }
 
 type EnqueueResult = Result<(String, usize), String>;
@@ -106,6 +112,8 @@ struct Index {
     lines: HashMap<Line, std::collections::BTreeSet<u64>>,
     /// Dead letters per user partition (for `X-Outpost-Dead-Letters`).
     dead: HashMap<String, usize>,
+    /// Pending PUT/PATCH items that a newer write may supersede: (partition, route, target) → seq.
+    targets: HashMap<supersede::Target, u64>,
 }
 
 impl Outbox {
@@ -128,6 +136,7 @@ impl Outbox {
             worker_running: std::sync::atomic::AtomicBool::new(false),
             replays: events::ReplayCounts::default(),
             spool: None,
+            in_flight: Mutex::new(std::collections::HashSet::new()),
         };
         if !outbox.store.encrypted() {
             let spool = spool::Spool::open(outbox.store.dir()).map_err(|e| QueueError::Spool(e.to_string()))?;
@@ -141,7 +150,7 @@ impl Outbox {
             match item.state {
                 ItemState::Pending => outbox.count_paths(&item, 1),
                 ItemState::DeadLetter => outbox.count_dead(&item.partition, 1),
-                ItemState::Overridden => {}
+                ItemState::Overridden | ItemState::Superseded => {}
             }
         }
         if let Some(spool) = &outbox.spool {
@@ -201,6 +210,7 @@ impl Outbox {
             method: item.method.clone(),
             uri: item.uri.clone(),
             status,
+            by: item.superseded_by.clone(),
         });
     }
 
@@ -261,6 +271,13 @@ impl Outbox {
                 ix.lines.remove(&key);
             }
         }
+        if let Some(t) = supersede::target_of(item) {
+            if add > 0 {
+                ix.targets.insert(t, item.seq);
+            } else if ix.targets.get(&t) == Some(&item.seq) {
+                ix.targets.remove(&t);
+            }
+        }
         let own = item.uri.split('?').next().unwrap_or("");
         for path in std::iter::once(own).chain(item.invalidates.iter().map(String::as_str)) {
             let key = format!("{}\0{path}", item.partition);
@@ -279,6 +296,26 @@ impl Outbox {
             .lock()
             .map(|ix| ix.paths.get(&key).copied().unwrap_or(0))
             .unwrap_or(0)
+    }
+
+    /// This user's waiting PUT, PATCH and DELETE writes to exactly `path`, oldest first (what a GET of it
+    /// overlays). Reads the store only when the in-memory index says there is one.
+    pub fn pending_writes_to(&self, partition: &str, path: &str) -> Vec<OutboxRecord> {
+        if self.pending_for(partition, path) == 0 {
+            return Vec::new();
+        }
+        let mut out: Vec<OutboxRecord> = record::all(&self.store)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| {
+                i.state == ItemState::Pending
+                    && i.partition == partition
+                    && matches!(i.method.as_str(), "PUT" | "PATCH" | "DELETE")
+                    && i.uri.split('?').next() == Some(path)
+            })
+            .collect();
+        out.sort_by_key(|i| i.seq);
+        out
     }
 
     /// True when a new write in `ordering_key`'s line must queue behind pending items to keep order
@@ -331,8 +368,19 @@ impl Outbox {
             });
             slots.push(slot);
         }
-        match record::put_all(&self.store, &records) {
+        // Newer writes take the place of the earlier ones they supersede; those are kept as records.
+        let replaced = self.supersede(&mut records);
+        let mut batch = records.clone();
+        batch.extend(replaced.iter().map(|(_, old)| old.clone()));
+        match record::put_all(&self.store, &batch) {
             Ok(()) => {
+                for (was, old) in &replaced {
+                    self.count_paths(was, -1);
+                    if let (Some(spool), Some(f)) = (&self.spool, &was.body_file) {
+                        spool.remove(f);
+                    }
+                    self.emit("superseded", old, None);
+                }
                 for (item, slot) in records.iter().zip(&slots) {
                     self.count_paths(item, 1);
                     self.emit("queued", item, None);
@@ -389,6 +437,12 @@ impl Outbox {
     /// Makes an item (pending or dead letter) due now.
     pub fn retry(&self, id: &str) -> Result<(), QueueError> {
         let mut item = self.find(id)?;
+        if let Some(by) = &item.superseded_by {
+            // Its content lives on in the write that replaced it; sending it again would undo that one.
+            return Err(QueueError::Refused(format!(
+                "{id} was superseded by {by}; there is nothing to retry"
+            )));
+        }
         if item.state != ItemState::Pending {
             self.count_paths(&item, 1);
         }
@@ -431,7 +485,7 @@ impl Outbox {
         match item.state {
             ItemState::Pending => self.count_paths(item, -1),
             ItemState::DeadLetter => self.count_dead(&item.partition, -1),
-            ItemState::Overridden => {}
+            ItemState::Overridden | ItemState::Superseded => {}
         }
         Ok(())
     }
@@ -447,7 +501,7 @@ impl Outbox {
                     self.emit("dead_letter", item, status);
                 }
                 ItemState::Overridden => self.emit("overridden", item, status),
-                ItemState::Pending => {}
+                ItemState::Pending | ItemState::Superseded => {}
             }
         }
         Ok(())

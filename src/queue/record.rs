@@ -17,6 +17,8 @@ pub enum ItemState {
     DeadLetter,
     /// Dropped by the `server-wins` conflict policy; kept as a record.
     Overridden,
+    /// Replaced by a newer write to the same target (`supersede = true`); kept as a record, never sent.
+    Superseded,
 }
 
 impl ItemState {
@@ -26,6 +28,7 @@ impl ItemState {
             ItemState::Pending => "pending",
             ItemState::DeadLetter => "dead_letter",
             ItemState::Overridden => "overridden",
+            ItemState::Superseded => "superseded",
         }
     }
 }
@@ -46,6 +49,12 @@ pub struct OutboxRecord {
     /// Request body (empty when it is spooled).
     #[serde(serialize_with = "ser_b64", deserialize_with = "de_b64")]
     pub body: Vec<u8>,
+    /// A later PUT or DELETE to the same target replaces this one while it waits (route `supersede`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supersede: bool,
+    /// The id of the write that replaced this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
     /// The spool file holding a large body (see [`crate::queue::spool`]), instead of `body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_file: Option<String>,
@@ -94,7 +103,7 @@ impl OutboxRecord {
         })
     }
 
-    fn decode(seq: u64, bytes: &[u8]) -> Option<OutboxRecord> {
+    pub(super) fn decode(seq: u64, bytes: &[u8]) -> Option<OutboxRecord> {
         match serde_json::from_slice(bytes) {
             Ok(r) => Some(r),
             Err(e) => {

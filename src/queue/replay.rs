@@ -77,6 +77,14 @@ enum Book {
     Update(OutboxRecord, bool),
 }
 
+impl Book {
+    fn seq(&self) -> u64 {
+        match self {
+            Book::Remove(i) | Book::Update(i, _) => i.seq,
+        }
+    }
+}
+
 /// What one attempt decided.
 enum Verdict {
     Delivered {
@@ -178,8 +186,22 @@ impl<D: Delivery> ReplayWorker<D> {
         let Some(item) = due.into_iter().min_by_key(|i| (std::cmp::Reverse(i.priority), i.seq)) else {
             return Some(wait);
         };
-        let item = item.clone();
+        // Marked in flight (a newer write to its target cannot take its place while it is sent), and
+        // read again: it may have been superseded since the heads were read.
+        let seq = item.seq;
+        let item = match self.outbox.begin_send(seq) {
+            Ok(Some(item)) => item,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                return Some(Duration::from_secs(1));
+            }
+        };
         self.attempt(item).await;
+        // An outcome the store did not take yet keeps the item in flight until it is written.
+        if !self.unsettled().books.iter().any(|b| b.seq() == seq) {
+            self.outbox.end_send(seq);
+        }
         None
     }
 
@@ -304,6 +326,8 @@ impl<D: Delivery> ReplayWorker<D> {
             };
             if written.is_err() {
                 u.books.push(book);
+            } else {
+                self.outbox.end_send(book.seq());
             }
         }
         if u.books.is_empty() {
@@ -334,6 +358,11 @@ impl<D: Delivery> ReplayWorker<D> {
     fn judge(&self, item: &OutboxRecord, status: StatusCode, retry_after: Option<Duration>, body: String) -> Verdict {
         let code = status.as_u16();
         if status.is_success() || status.is_redirection() {
+            return Verdict::Delivered { status: code };
+        }
+        // A DELETE of something already gone asked for the state the server is in (a DELETE that
+        // superseded the PUT creating the resource gets exactly this answer).
+        if item.method == "DELETE" && matches!(code, 404 | 410) {
             return Verdict::Delivered { status: code };
         }
         match code {
