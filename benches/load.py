@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Load benchmark: Outpost against nginx (proxy_cache) on the same origin, same machine, same run.
+"""Load benchmark: Outpost against nginx (proxy_cache) and Varnish on the same origin, same machine, same run.
 
-Started by benches/load.sh. Starts the demo backend as the origin, Outpost and nginx in front of it, warms
-both, runs wrk for each scenario (RUNS runs, alternating the two proxies) and prints a table of medians:
-Outpost | nginx | ratio. Also writes it to target/bench/results.md. Timings here never decide a test.
+Started by benches/load.sh. Starts the demo backend as the origin, Outpost, nginx and Varnish in front of it,
+warms them, runs wrk for each scenario (RUNS runs, alternating the proxies) and prints a table of medians:
+Outpost | nginx | Varnish | Outpost / the better of the two. Also writes it to target/bench/results.md.
+Timings here never decide a test.
+
+LOGGING=on gives every proxy its default request log, written to a file: Outpost its info line, nginx
+`access_log`, Varnish `varnishncsa`; off (the default): no per-request logs anywhere.
+URLS=2000,20000,100000: the working sets of scenario 8 (1 KiB hits at random over that many cached URLs).
 """
 
 import json
@@ -24,7 +29,9 @@ OUTPOST = os.path.join(BIN, "outpost")
 FILL = os.path.join(BIN, "examples", "fill_store")
 RUNS = int(os.environ.get("RUNS", "5"))
 # ONLY=1,2,3 runs just those scenarios (for profiling; the recorded table runs all).
-ONLY = {int(x) for x in os.environ.get("ONLY", "1,2,3,4,5,6,7").split(",") if x.strip()}
+ONLY = {int(x) for x in os.environ.get("ONLY", "1,2,3,4,5,6,7,8,9").split(",") if x.strip()}
+LOGGING = os.environ.get("LOGGING", "off") == "on"
+URLS = [int(x) for x in os.environ.get("URLS", "2000,20000,100000").split(",") if x.strip()]
 DURATION = os.environ.get("DURATION", "5s")
 THREADS = os.cpu_count() or 2
 AUDIO = 5 * 1024 * 1024
@@ -178,7 +185,7 @@ kind = "api"
         self.start_time = time.monotonic()
         # OUTPOST_LOG=info measures Outpost with its default per-request line (written to a file, as a
         # service manager would); the recorded tables use warn unless they say otherwise.
-        level = os.environ.get("OUTPOST_LOG", "warn")
+        level = os.environ.get("OUTPOST_LOG", "info" if LOGGING else "warn")
         self.log = open(os.path.join(work, "outpost.log"), "w") if level != "warn" else subprocess.DEVNULL
         self.p = subprocess.Popen([OUTPOST, "serve", "--config", cfg], stdout=subprocess.DEVNULL,
                                   stderr=self.log, env={**os.environ, "RUST_LOG": level})
@@ -212,7 +219,8 @@ class Nginx:
         os.makedirs(os.path.join(self.dir, "cache"), exist_ok=True)
         with open(os.path.join(ROOT, "benches", "nginx.conf.in")) as f:
             conf = f.read()
-        for k, v in {"WORKERS": str(THREADS), "PORT": str(self.port), "DIR": self.dir,
+        access = f"access_log {self.dir}/access.log;" if LOGGING else "access_log off;"
+        for k, v in {"WORKERS": str(THREADS), "PORT": str(self.port), "DIR": self.dir, "ACCESS_LOG": access,
                      "API": f"127.0.0.1:{origin.api}", "MEDIA": f"127.0.0.1:{origin.media}"}.items():
             conf = conf.replace("@" + k + "@", v)
         path = os.path.join(self.dir, "nginx.conf")
@@ -230,6 +238,49 @@ class Nginx:
 
     def stop(self):
         self.p.send_signal(signal.SIGQUIT)
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+class Varnish:
+    name = "Varnish"
+
+    def __init__(self, origin, work):
+        self.port = free_port()
+        self.dir = os.path.join(work, "varnish")
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(ROOT, "benches", "varnish.vcl.in")) as f:
+            vcl = f.read()
+        for k, v in {"API_PORT": str(origin.api), "MEDIA_PORT": str(origin.media)}.items():
+            vcl = vcl.replace("@" + k + "@", v)
+        path = os.path.join(self.dir, "bench.vcl")
+        with open(path, "w") as f:
+            f.write(vcl)
+        self.p = subprocess.Popen(["varnishd", "-F", "-j", "none", "-n", self.dir, "-a", f"127.0.0.1:{self.port}",
+                                   "-f", path, "-s", "malloc,256m"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.ncsa = None
+        if LOGGING:
+            # Varnish logs through shared memory; varnishncsa is its access log writer.
+            self.ncsa = subprocess.Popen(["varnishncsa", "-n", self.dir, "-w", os.path.join(self.dir, "access.log")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def rss_peak_kb(self):
+        # varnishd's manager and its cache child.
+        return tree_kb(self.p.pid, "VmHWM")
+
+    def stop(self):
+        if self.ncsa:
+            self.ncsa.terminate()
+            self.ncsa.wait()
+        self.p.terminate()
         try:
             self.p.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -265,22 +316,68 @@ def first_byte_ms(port, path, headers):
     return t
 
 
+def run_scenario(proxies, title, path, conns, script, unit, rows):
+    res = {p.name: [] for p in proxies}
+    for _ in range(RUNS):
+        for proxy in proxies:
+            res[proxy.name].append(wrk(proxy.url(path), conns, script))
+    rows.append((title, unit, res))
+    print(title, {k: (median([r[unit] for r in v]), median([r["p99_ms"] for r in v])) for k, v in res.items()},
+          flush=True)
+
+
+def warm_many(proxies, work, n):
+    """Fetches /api/v1/sized/1024?i=0..n-1 once through each proxy (wrk, each thread its own slice)."""
+    script = lua(work, f"warm{n}.lua", f"""
+local n = {n}
+local threads = {{}}
+local id = 0
+setup = function(thread)
+  thread:set("first", id)
+  id = id + 1
+  table.insert(threads, thread)
+end
+init = function(args)
+  i = first
+end
+request = function()
+  local k = i % n
+  i = i + {THREADS}
+  return wrk.format("GET", "/api/v1/sized/1024?i=" .. k)
+end
+""")
+    import random
+    warmed = []
+    for proxy in proxies:
+        # Enough time for n misses; later passes are hits.
+        wrk(proxy.url("/"), 16, script, duration=f"{max(3, n // 2000 + 2)}s")
+        hits = 0
+        for k in random.sample(range(n), min(n, 200)):
+            st, h, _ = http("GET", proxy.url(f"/api/v1/sized/1024?i={k}"))
+            assert st == 200, (proxy.name, k, st)
+            hits += (h.get("x-outpost-cache") or h.get("X-Cache-Status") or "").upper() == "HIT"
+        warmed.append(f"{proxy.name} {hits}/{min(n, 200)}")
+    return f"warm check over {n:,} URLs (random sample answered from the cache): " + ", ".join(warmed)
+
+
 def main():
-    for tool in ("wrk", "nginx"):
+    for tool in ("wrk", "nginx", "varnishd"):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx")
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx varnish")
     work = tempfile.mkdtemp(prefix="outpost-bench-")
     origin = Origin()
     op = Outpost(origin, work)
     ng = Nginx(origin, work)
+    vn = Varnish(origin, work)
+    proxies = [op, ng, vn]
     rows = []
-    notes = []
+    notes = [f"Logging: {'each proxy with its default request log to a file (Outpost info line, nginx access_log, varnishncsa)' if LOGGING else 'no per-request logs anywhere (Outpost RUST_LOG=warn, nginx access_log off, no varnishncsa)'}."]
     try:
         json1k = "/api/v1/sized/1024"
         snap = "/api/v1/sized/204800"
         audio = "/media/renders/a1.mp3"
         stale = "/api/v1/sized/1024?max_age=1"
-        for proxy in (op, ng):
+        for proxy in proxies:
             for path in (json1k, snap, audio, stale, audio):
                 st, _, _ = http("GET", proxy.url(path))
                 assert st == 200, (proxy.name, path, st)
@@ -299,16 +396,29 @@ end
             ("3. 5 MB audio as 64 KiB ranges, 64 conns", audio, 64, ranges, "mbps"),
         ]
         for title, path, conns, script, unit in scenarios:
-            if int(title[0]) not in ONLY:
-                continue
-            res = {op.name: [], ng.name: []}
-            for _ in range(RUNS):
-                for proxy in (op, ng):
-                    res[proxy.name].append(wrk(proxy.url(path), conns, script))
-            rows.append((title, unit, res))
-            print(title, {k: (median([r[unit] for r in v]), median([r["p99_ms"] for r in v])) for k, v in res.items()},
-                  flush=True)
-        peak = {op.name: op.rss_peak_kb(), ng.name: ng.rss_peak_kb()}
+            if int(title[0]) in ONLY:
+                run_scenario(proxies, title, path, conns, script, unit, rows)
+
+        # 8. The working set: 1 KiB hits at random over N cached URLs, each its own body.
+        if 8 in ONLY:
+            for n in URLS:
+                notes.append(warm_many(proxies, work, n))
+                print(notes[-1], flush=True)
+                script = lua(work, f"random{n}.lua", f"""
+local counter = 0
+setup = function(thread)
+  thread:set("seed", counter)
+  counter = counter + 1
+end
+init = function(args)
+  math.randomseed(os.time() * 7 + seed)
+end
+request = function()
+  return wrk.format("GET", "/api/v1/sized/1024?i=" .. math.random(0, {n - 1}))
+end
+""")
+                run_scenario(proxies, f"8. 1 KiB hits over {n:,} URLs, 64 conns", "/", 64, script, "rps", rows)
+        peak = {p.name: p.rss_peak_kb() for p in proxies}
 
         # 10 MB object, first byte of ranges (issue 4's target), Outpost only: ranges all over the file.
         big = "/api/v1/sized/10485760"
@@ -321,26 +431,20 @@ end
                      f"max {fb[-1]:.2f} ms.")
 
         if 4 not in ONLY:
-            return finish(rows, notes, peak, [], [], op, ng, origin, work)
-        # 4. Offline: the origin black-holed; stale answers served.
+            return finish(rows, notes, peak, [], [], proxies, origin, work)
+        # 4. Offline: the origin black-holed; stale answers served (Varnish: grace).
         time.sleep(1.5)
         origin.fault("black_hole")
-        for proxy in (op, ng):
+        for proxy in proxies:
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 st, h, _ = http("GET", proxy.url(stale), timeout=5)
-                if st == 200 and (proxy is ng or h.get("x-outpost-cache") in ("OFFLINE", "STALE")):
+                if st == 200 and (proxy is not op or h.get("x-outpost-cache") in ("OFFLINE", "STALE")):
                     break
                 time.sleep(0.2)
-        res = {op.name: [], ng.name: []}
-        for _ in range(RUNS):
-            for proxy in (op, ng):
-                res[proxy.name].append(wrk(proxy.url(stale), 64))
-        rows.append(("4. offline (origin black-holed), stale 1 KiB hit", "rps", res))
-        print("offline", {k: (median([r["p99_ms"] for r in v]), max(r["max_ms"] or 0 for r in v)) for k, v in res.items()},
-              flush=True)
+        run_scenario(proxies, "4. offline (origin black-holed), stale 1 KiB hit", stale, 64, None, "rps", rows)
 
-        # 5. Durable enqueue while offline (Outpost only: nginx has no write queue).
+        # 5. Durable enqueue while offline (Outpost only: nginx and Varnish have no write queue).
         origin.fault("down")
         post = lua(work, "post.lua", """
 wrk.method = "POST"
@@ -355,23 +459,37 @@ wrk.headers["Content-Type"] = "application/json"
                 break
             time.sleep(0.2)
         enq = [wrk(op.url("/api/v1/threads/t1/messages"), 32, post) for _ in range(RUNS)]
-        rows.append(("5. durable enqueue offline, 32 conns", "rps", {op.name: enq, ng.name: []}))
+        rows.append(("5. durable enqueue offline, 32 conns", "rps", {op.name: enq}))
         notes.append("Enqueue runs: non-2xx answers " + ", ".join(str(r["non2xx"]) for r in enq) +
                      " (every acknowledged write was a synced RocksDB write).")
         print("enqueue", median([r["rps"] for r in enq]), flush=True)
+
+        # 9. Memory under 300 concurrent write bodies of 512 KiB, offline (each read whole, then queued).
+        if 9 in ONLY:
+            before = op.rss_kb()
+            big_post = lua(work, "bigpost.lua", f"""
+wrk.method = "POST"
+wrk.body = string.rep("x", {512 * 1024})
+wrk.headers["Content-Type"] = "application/octet-stream"
+""")
+            r9 = wrk(op.url("/api/v1/threads/t2/messages"), 300, big_post, duration="5s")
+            notes.append(f"9. 300 connections posting 512 KiB bodies offline for 5 s (Outpost): {r9['rps']:,.0f} "
+                         f"writes/s queued, non-2xx {r9['non2xx']}; RSS before {before / 1024:.1f} MiB, "
+                         f"peak over the whole run {op.rss_peak_kb() / 1024:.1f} MiB, after {op.rss_kb() / 1024:.1f} MiB.")
+            print(notes[-1], flush=True)
         origin.fault("up")
     finally:
-        op.stop()
-        ng.stop()
+        for p in proxies:
+            p.stop()
 
-    return finish(rows, notes, peak, None, None, None, None, origin, work)
+    return finish(rows, notes, peak, None, None, None, origin, work)
 
 
-def finish(rows, notes, peak, starts, rest, op_, ng_, origin, work):
+def finish(rows, notes, peak, starts, rest, proxies, origin, work):
     """Cold start (6) and RSS at rest (7) unless skipped, then the table."""
-    if op_ is not None:
-        op_.stop()
-        ng_.stop()
+    if proxies is not None:
+        for p in proxies:
+            p.stop()
     if starts is None:
         starts, rest = cold_start(origin, work)
     origin.stop()
@@ -401,40 +519,45 @@ def cold_start(origin, work):
 
 
 def table(rows, notes, peak, starts, rest):
-    op, ng = Outpost, Nginx
-    lines = ["| scenario | Outpost | nginx | ratio (Outpost/nginx) |", "|---|---|---|---|"]
+    names = [Outpost.name, Nginx.name, Varnish.name]
+    lines = ["| scenario | Outpost | nginx | Varnish | Outpost / best other |", "|---|---|---|---|---|"]
     for title, unit, res in rows:
-        o_v = median([r[unit] for r in res[op.name]])
-        n_v = median([r[unit] for r in res[ng.name]])
-        o_p = median([r["p99_ms"] for r in res[op.name]])
-        n_p = median([r["p99_ms"] for r in res[ng.name]])
-        o_m = max((r["max_ms"] or 0 for r in res[op.name]), default=0)
-        n_m = max((r["max_ms"] or 0 for r in res[ng.name]), default=0)
         label = "req/s" if unit == "rps" else "MB/s"
         fmt = (lambda v: f"{v:,.0f}") if unit == "rps" else (lambda v: f"{v:,.1f}")
-        if n_v:
-            lines.append(f"| {title}: {label} | {fmt(o_v)} | {fmt(n_v)} | {o_v / n_v:.2f}× |")
-            lines.append(f"| {title}: p99 / max ms | {o_p:.2f} / {o_m:.1f} | {n_p:.2f} / {n_m:.1f} | "
-                         f"{o_p / n_p:.2f}× (p99) |")
-            # The spread: each Outpost run against the nginx run right after it.
-            pairs = [o[unit] / n[unit] for o, n in zip(res[op.name], res[ng.name]) if n[unit]]
+        val = {n: median([r[unit] for r in res.get(n, [])]) for n in names}
+        p99 = {n: median([r["p99_ms"] for r in res.get(n, [])]) for n in names}
+        mx = {n: max((r["max_ms"] or 0 for r in res.get(n, [])), default=0) for n in names}
+        others = [n for n in names[1:] if val[n]]
+        cell = lambda n, f: f(n) if val[n] else "n/a"
+        if others:
+            best = max(others, key=lambda n: val[n])
+            lines.append(f"| {title}: {label} | " + " | ".join(cell(n, lambda n: fmt(val[n])) for n in names)
+                         + f" | {val[Outpost.name] / val[best]:.2f}× ({best}) |")
+            lines.append(f"| {title}: p99 / max ms | " + " | ".join(
+                cell(n, lambda n: f"{p99[n]:.2f} / {mx[n]:.1f}") for n in names) + " | |")
+            # The spread: each Outpost run against the better other run of the same round.
+            pairs = []
+            for i, o in enumerate(res[Outpost.name]):
+                best_run = max((res[n][i][unit] for n in others if i < len(res[n])), default=0)
+                if best_run:
+                    pairs.append(o[unit] / best_run)
             won = sum(1 for r in pairs if r >= 1.0)
-            notes.append(f"{title}: per-run ratios " + ", ".join(f"{r:.2f}" for r in pairs)
+            notes.append(f"{title}: per-round ratios to the better other " + ", ".join(f"{r:.2f}" for r in pairs)
                          + f" (Outpost ahead in {won} of {len(pairs)})")
         else:
-            lines.append(f"| {title}: {label} | {fmt(o_v)} | n/a | n/a |")
-            lines.append(f"| {title}: p99 / max ms | {o_p:.2f} / {o_m:.1f} | n/a | n/a |")
+            lines.append(f"| {title}: {label} | {fmt(val[Outpost.name])} | n/a | n/a | n/a |")
+            lines.append(f"| {title}: p99 / max ms | {p99[Outpost.name]:.2f} / {mx[Outpost.name]:.1f} | n/a | n/a | |")
     if starts:
-        lines.append(f"| 6. cold start to first cached byte, 100k entries + 1 GiB blobs: ms | {median(starts):.0f} | n/a | n/a |")
-    lines.append(f"| 7. peak RSS during 1-3: MiB | {peak[op.name] / 1024:.1f} | {peak[ng.name] / 1024:.1f} "
-                 f"| {peak[op.name] / max(peak[ng.name], 1):.2f}× |")
+        lines.append(f"| 6. cold start to first cached byte, 100k entries + 1 GiB blobs: ms | {median(starts):.0f} | n/a | n/a | |")
+    lines.append(f"| 7. peak RSS during 1-3 and 8: MiB | " + " | ".join(f"{peak[n] / 1024:.1f}" for n in names) + " | |")
     if rest:
-        lines.append(f"| 7. RSS at rest with 100k entries: MiB | {median(rest) / 1024:.1f} | n/a | n/a |")
-    machine = subprocess.run("lscpu | grep 'Model name' | sed 's/.*: *//'; nproc; uname -r; nginx -v 2>&1; wrk -v 2>&1 | head -1",
+        lines.append(f"| 7. RSS at rest with 100k entries: MiB | {median(rest) / 1024:.1f} | n/a | n/a | |")
+    machine = subprocess.run("lscpu | grep 'Model name' | sed 's/.*: *//'; nproc; uname -r; nginx -v 2>&1; "
+                             "varnishd -V 2>&1 | head -1; wrk -v 2>&1 | head -1",
                              shell=True, capture_output=True, text=True).stdout.split("\n")
     head = (f"Machine: {machine[0].strip()}, {machine[1].strip()} cores, Linux {machine[2].strip()}; "
-            f"{machine[3].strip()}; {machine[4].strip()}. {RUNS} runs of {DURATION} per scenario and proxy, "
-            f"alternating; medians (max = worst over all runs); wrk -t{THREADS} shares the cores.")
+            f"{machine[3].strip()}; {machine[4].strip()}; {machine[5].strip()}. {RUNS} runs of {DURATION} per "
+            f"scenario and proxy, alternating; medians (max = worst over all runs); wrk -t{THREADS} shares the cores.")
     text = "\n".join([head, "", *lines, "", *notes, "",
                       "Cold-start runs (ms): " + ", ".join(f"{s:.0f}" for s in (starts or []))])
     print()

@@ -90,6 +90,11 @@ impl RoutePattern {
         })
     }
 
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
     /// True when the pattern captures `{name}`.
     pub fn has_param(&self, name: &str) -> bool {
         self.segments
@@ -223,6 +228,8 @@ pub struct RoutePolicy {
     pub supersede: bool,
     /// A GET of a resource with queued writes answers what they will make of it (`proxy::overlay`).
     pub overlay: bool,
+    /// A collection whose answer shows this user's queued POSTs of items and writes to items.
+    pub overlay_list: Option<OverlayList>,
     /// Largest request body that can be queued.
     pub max_body: u64,
     /// What a replay answered 409/412 does.
@@ -264,6 +271,39 @@ pub struct RoutePolicy {
     pub queued_body: Option<String>,
 }
 
+/// `overlay_list = { path = "/api/v1/library", items = "items", id = "id" }`: a GET of `path` (any query)
+/// while this user's writes to it or to `path/{id}` are queued answers the list they will make: a POSTed
+/// item appended, a PUT item replaced (or added), a merge-patched item patched, a deleted item gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverlayList {
+    /// The collection's path (may use `{params}`).
+    pub path: RoutePattern,
+    /// Where the array of items is in the answer; `None`: the answer is the array.
+    pub items: Option<JsonPath>,
+    /// The member of an item that is its id (the last path segment of the item's own URL).
+    pub id: String,
+    /// New items go first (`add = "first"`, newest-first lists) instead of last.
+    pub add_first: bool,
+    /// Where items are written when not at `path` (`item_path = "/api/v1/library/items"`: POST there adds
+    /// one, PUT/PATCH/DELETE `item_path/{id}` change one); may use `path`'s `{params}`.
+    pub item_path: Option<String>,
+}
+
+impl OverlayList {
+    /// When `path` is this list: where its items are written.
+    pub fn items_base(&self, path: &str) -> Option<String> {
+        let params = self.path.matches(path)?;
+        let Some(t) = &self.item_path else {
+            return Some(path.trim_end_matches('/').to_string());
+        };
+        let mut out = t.clone();
+        for (k, v) in params {
+            out = out.replace(&format!("{{{k}}}"), &v);
+        }
+        Some(out.trim_end_matches('/').to_string())
+    }
+}
+
 /// `retain = { group = "{thread_id}", keep_last = 50, drop = "body" }`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Retention {
@@ -298,6 +338,7 @@ impl Default for RoutePolicy {
             queue: true,
             supersede: false,
             overlay: false,
+            overlay_list: None,
             max_body: 1 << 20,
             conflict: ConflictPolicy::DeadLetter,
             ordering_key: None,
@@ -407,6 +448,11 @@ impl RouteTable {
             }
         }
         None
+    }
+
+    /// The configured routes, in order.
+    pub fn routes(&self) -> &[RouteConfig] {
+        &self.routes
     }
 
     /// The first route matching method and path, or the default route.

@@ -1,5 +1,6 @@
 //! The dashboard in a real headless Chromium (chromedriver + fantoccini): with the backend down it shows
-//! the pending writes; after the backend is back, pressing Retry drains the count to 0.
+//! the pending writes and what each one's user reads meanwhile; after the backend is back, pressing Retry
+//! drains the count to 0.
 //! `.ci/run` installs Debian's `chromium chromium-driver`; without them this test fails, it does not skip.
 
 mod common;
@@ -63,6 +64,15 @@ async fn the_dashboard_shows_pending_writes_and_retry_drains_them() {
         .await
         .unwrap();
     wait_text(&browser, "#pending-count", "2").await;
+    // Each pending write says what its user reads meanwhile (the library lists the new items).
+    let queue = text_of(&browser, "#queue").await;
+    assert_eq!(
+        queue
+            .matches("meanwhile: GET /api/v1/library lists this new item")
+            .count(),
+        2,
+        "{queue}"
+    );
     let upstreams = text_of(&browser, "#upstreams").await;
     assert!(upstreams.contains("api offline"), "{upstreams}");
 

@@ -124,7 +124,7 @@ async fn answer(
                 serde_json::from_str::<serde_json::Value>(&text),
             ) {
                 (Ok(mut doc), Ok(patch)) => {
-                    merge(&mut doc, &patch);
+                    common::merge_patch(&mut doc, &patch);
                     doc.to_string()
                 }
                 _ => format!("{old}+{text}"),
@@ -147,25 +147,6 @@ async fn answer(
     let mut r = Response::new(body::full("{}"));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
     Ok(r)
-}
-
-/// RFC 7396, as the backend applies it.
-fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    let serde_json::Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = serde_json::json!({});
-    }
-    let t = target.as_object_mut().unwrap();
-    for (k, v) in p {
-        if v.is_null() {
-            t.remove(k);
-        } else {
-            merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-        }
-    }
 }
 
 fn config(backend: SocketAddr, dir: &std::path::Path, supersede: bool) -> Config {

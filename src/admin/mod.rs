@@ -9,6 +9,7 @@
 //! 403, so a web page cannot reach the API through DNS rebinding.
 
 pub mod client;
+mod effects;
 pub mod events;
 pub mod metrics;
 
@@ -228,7 +229,8 @@ impl Admin {
             },
             (&Method::GET, ["api", "queue"]) => match self.outbox.list() {
                 Ok(items) => {
-                    let items: Vec<Value> = items.iter().map(|i| item_json(i, &self.outbox)).collect();
+                    let table = self.config.load().route_table();
+                    let items: Vec<Value> = items.iter().map(|i| item_json(i, &self.outbox, &table)).collect();
                     json_ok(json!({
                         "state": self.outbox.state(),
                         "depth": self.outbox.depth(),
@@ -515,7 +517,7 @@ fn url_key(config: &crate::config::Config, url: &str) -> Option<Vec<u8>> {
     ))
 }
 
-fn item_json(i: &crate::queue::OutboxRecord, outbox: &Outbox) -> Value {
+fn item_json(i: &crate::queue::OutboxRecord, outbox: &Outbox, table: &crate::routes::RouteTable) -> Value {
     // A spooled body's size is its file's.
     let spooled = i.body_file.as_deref().and_then(|f| outbox.spool()?.path(f));
     let body_bytes = match &spooled {
@@ -539,6 +541,7 @@ fn item_json(i: &crate::queue::OutboxRecord, outbox: &Outbox) -> Value {
         "body_bytes": body_bytes,
         "spooled": spooled.is_some(),
         "superseded_by": i.superseded_by,
+        "overlay": effects::overlay_effects(i, table),
     })
 }
 

@@ -103,6 +103,7 @@ pub(super) struct RawRoute {
     pub(super) queue: Option<bool>,
     pub(super) supersede: Option<bool>,
     pub(super) overlay: Option<bool>,
+    pub(super) overlay_list: Option<Spanned<RawOverlayList>>,
     pub(super) max_body: Option<Spanned<String>>,
     pub(super) conflict: Option<Spanned<String>>,
     pub(super) ordering_key: Option<Spanned<String>>,
@@ -120,6 +121,16 @@ pub(super) struct RawRoute {
     pub(super) offline_stale: Option<Spanned<String>>,
     pub(super) queued_status: Option<Spanned<u16>>,
     pub(super) queued_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOverlayList {
+    pub(super) path: Spanned<String>,
+    pub(super) items: Option<Spanned<String>>,
+    pub(super) id: Option<String>,
+    pub(super) add: Option<Spanned<String>>,
+    pub(super) item_path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,9 @@ use super::raw::RawRoute;
 use super::validate::{find_nth_array_header, known, Ctx};
 use super::{ConfigError, UpstreamConfig};
 use crate::media::{JsonPath, MediaAlias};
-use crate::routes::{ConflictPolicy, OfflineStale, Retention, RouteConfig, RoutePattern, RoutePolicy, Strategy};
+use crate::routes::{
+    ConflictPolicy, OfflineStale, OverlayList, Retention, RouteConfig, RoutePattern, RoutePolicy, Strategy,
+};
 use crate::units::parse_size;
 
 /// One `[[routes]]` entry (its media rewrite rules are added once every route is known).
@@ -122,6 +124,57 @@ fn policy(cx: &Ctx<'_>, i: usize, raw: &RawRoute, pattern: &RoutePattern) -> Res
         queue: raw.queue.unwrap_or(d.queue),
         supersede: raw.supersede.unwrap_or(d.supersede),
         overlay: raw.overlay.unwrap_or(d.overlay),
+        overlay_list: match &raw.overlay_list {
+            None => None,
+            Some(l) => {
+                let l = l.get_ref();
+                let path = RoutePattern::exact(l.path.get_ref())
+                    .map_err(|r| cx.err(Some(l.path.span()), &key("overlay_list.path"), r))?;
+                if !l.path.get_ref().contains('{') && pattern.matches(l.path.get_ref()).is_none() {
+                    return Err(cx.err(
+                        Some(l.path.span()),
+                        &key("overlay_list.path"),
+                        "is not a path this route serves",
+                    ));
+                }
+                let items = match &l.items {
+                    None => None,
+                    Some(p) => {
+                        let jp = json_path(p, "overlay_list.items")?;
+                        if !jp.is_single() {
+                            return Err(cx.err(
+                                Some(p.span()),
+                                &key("overlay_list.items"),
+                                "must name one array (no [*])",
+                            ));
+                        }
+                        Some(jp)
+                    }
+                };
+                let item_path = match &l.item_path {
+                    None => None,
+                    Some(t) => {
+                        let bad = |r: String| cx.err(Some(t.span()), &key("overlay_list.item_path"), r);
+                        RoutePattern::exact(t.get_ref()).map_err(bad)?;
+                        check_template(t.get_ref(), &path).map_err(bad)?;
+                        Some(t.get_ref().clone())
+                    }
+                };
+                Some(OverlayList {
+                    item_path,
+                    path,
+                    items,
+                    id: l.id.clone().unwrap_or_else(|| "id".into()),
+                    add_first: cx.keyword(
+                        l.add.as_ref(),
+                        &key("overlay_list.add"),
+                        "place",
+                        &[("last", false), ("first", true)],
+                        false,
+                    )?,
+                })
+            }
+        },
         max_body: size(&raw.max_body, "max_body", d.max_body)?,
         conflict: cx.keyword(
             raw.conflict.as_ref(),

@@ -381,7 +381,14 @@ impl DemoState {
                         .find_map(|kv| kv.strip_prefix("max_age="))
                         .and_then(|v| v.parse::<u64>().ok())
                         .unwrap_or(3600);
-                    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(n - 10));
+                    // `i=K` makes each URL's body its own (same size): a working set of distinct objects,
+                    // not one deduplicated blob.
+                    let tag = req_query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("i="))
+                        .filter(|t| t.len() <= n - 10 && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+                        .unwrap_or("");
+                    let body = format!("{{\"pad\":\"{tag}{}\"}}", "x".repeat(n - 10 - tag.len()));
                     let mut r = json_resp(StatusCode::OK, &json!(null));
                     *r.body_mut() = body::full(body);
                     let h = r.headers_mut();
@@ -389,7 +396,7 @@ impl DemoState {
                     if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
                         h.insert(header::CACHE_CONTROL, v);
                     }
-                    if let Ok(v) = HeaderValue::from_str(&format!("\"sized-{n}\"")) {
+                    if let Ok(v) = HeaderValue::from_str(&format!("\"sized-{n}-{tag}\"")) {
                         h.insert(header::ETAG, v);
                     }
                     r

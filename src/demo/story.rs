@@ -99,6 +99,7 @@ name = "library"
 prefix = "/api/v1/library"
 kind = "library"
 invalidates = ["/api/v1/library"]
+overlay_list = {{ path = "/api/v1/library", items = "items", id = "id", item_path = "/api/v1/library/items" }}
 rewrite = ["media"]
 pins = "items[*].url"
 prefetch = true
@@ -284,9 +285,19 @@ pub async fn run(keep_running: bool) -> std::io::Result<StoryReport> {
         .call(Method::GET, &format!("{base}/api/v1/library"), &[], None)
         .await;
     report.check(
-        "the library still opens offline, marked as having pending writes",
-        expect_status(&lib, 200)
-            .map(|c| format!("X-Outpost-Pending: {}", c.header("x-outpost-pending").unwrap_or("none"))),
+        "the library opens offline showing the user's own queued writes",
+        expect_status(&lib, 200).and_then(|c| {
+            let j = c.json();
+            let items = j["items"].as_array().cloned().unwrap_or_default();
+            let added = items.iter().any(|i| i["audio_file_id"] == "a3");
+            let removed = !items.iter().any(|i| i["id"] == "l1");
+            let pending = c.header("x-outpost-pending").unwrap_or("none");
+            if added && removed {
+                Ok(format!("a3 listed, l1 gone; X-Outpost-Pending: {pending}"))
+            } else {
+                Err(format!("a3 listed: {added}, l1 gone: {removed} in {j}"))
+            }
+        }),
     );
 
     println!("\n3. The proxy restarts while offline");

@@ -12,6 +12,7 @@
 //! This module knows nothing of routes or upstreams: the caller says how a local media URL maps to
 //! its cache key.
 
+pub mod merge;
 mod path;
 mod rewrite;
 

@@ -89,6 +89,26 @@ impl JsonPath {
     }
 }
 
+impl JsonPath {
+    /// True when the path names one place (no `[*]`).
+    pub fn is_single(&self) -> bool {
+        !self.steps.contains(&Step::Each)
+    }
+
+    /// The one value at a single-place path, to change in place (`None` for `[*]` paths or nothing there).
+    pub fn get_mut<'a>(&self, v: &'a mut Value) -> Option<&'a mut Value> {
+        let mut cur = v;
+        for step in &self.steps {
+            cur = match (step, cur) {
+                (Step::Key(k), Value::Object(o)) => o.get_mut(k)?,
+                (Step::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+                _ => return None,
+            };
+        }
+        Some(cur)
+    }
+}
+
 impl Serialize for JsonPath {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.source)
@@ -107,6 +127,12 @@ mod tests {
         assert_eq!(JsonPath::parse("items[*].url").unwrap().strings(&v), vec!["u1", "u2"]);
         assert_eq!(JsonPath::parse("data.tracks[0].src").unwrap().strings(&v), vec!["s0"]);
         assert!(JsonPath::parse("items[*].missing").unwrap().strings(&v).is_empty());
+        let mut w = v.clone();
+        let tracks = JsonPath::parse("data.tracks").unwrap();
+        assert!(tracks.is_single() && !JsonPath::parse("items[*]").unwrap().is_single());
+        tracks.get_mut(&mut w).unwrap().as_array_mut().unwrap().clear();
+        assert_eq!(w["data"]["tracks"], json!([]));
+        assert!(JsonPath::parse("data.none").unwrap().get_mut(&mut w).is_none());
         // "a[0]é[*]" panicked (slicing inside a multi-byte char) before the parsers test found it.
         for bad in ["", "items[", "items[x]", "a[0]\u{e9}[*]", "a[0]x"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");

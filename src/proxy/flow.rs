@@ -37,6 +37,17 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The head of a read, its body dropped.
+    pub fn of<B>(req: http::Request<B>) -> RequestHead {
+        let (parts, _body) = req.into_parts();
+        RequestHead {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+        }
+    }
+
     /// A plain GET with no fields (prefetch).
     pub fn get(uri: Uri) -> RequestHead {
         RequestHead {

@@ -224,28 +224,28 @@ impl Proxy {
         } else {
             Vec::new()
         };
-        let overlaid = !overlay_writes.is_empty();
-        let answer = if overlaid {
-            let (parts, _body) = req.into_parts();
-            let head = RequestHead {
-                method: parts.method,
-                uri: parts.uri,
-                version: parts.version,
-                headers: parts.headers,
-            };
-            self.overlaid(head, &route, &upstream, peer, &overlay_writes).await
+        // ... and to a collection's items, on routes with `overlay_list`.
+        let list = match &route.policy.overlay_list {
+            Some(l) if read && pending_check && overlay_writes.is_empty() => l.items_base(&path).map(|b| (l, b)),
+            _ => None,
+        };
+        let list_writes = match &list {
+            Some((_, items_at)) => self.outbox.pending_list_writes(&partition, items_at),
+            None => Vec::new(),
+        };
+        let overlaid = !overlay_writes.is_empty() || !list_writes.is_empty();
+        let answer = if !overlay_writes.is_empty() {
+            self.overlaid(RequestHead::of(req), &route, &upstream, peer, &overlay_writes)
+                .await
+        } else if let (Some((list, items_at)), false) = (&list, list_writes.is_empty()) {
+            let head = RequestHead::of(req);
+            self.overlaid_list(head, &route, &upstream, peer, (list, items_at), &list_writes)
+                .await
         } else if route.policy.upgrade && tunnel::wants_upgrade(req.headers()) {
             let tunnelled = self.tunnels.open_tunnel(req, &self.forwarder, &route, &upstream, peer);
             tunnelled.await.map(|r| (r, Outcome::Bypass))
         } else if read {
-            let (parts, _body) = req.into_parts();
-            let head = RequestHead {
-                method: parts.method,
-                uri: parts.uri,
-                version: parts.version,
-                headers: parts.headers,
-            };
-            self.flow.run(head, &route, &upstream, peer).await
+            self.flow.run(RequestHead::of(req), &route, &upstream, peer).await
         } else if policy::is_unsafe(&method) && route.policy.queue {
             self.write(req, &route, &upstream, peer).await
         } else {
@@ -310,7 +310,8 @@ impl Proxy {
                     &Asked {
                         from_network: outcome.from_network(),
                         partition: &partition,
-                        list: pin_list.as_deref(),
+                        // An answer with queued writes in it is not what the server lists.
+                        list: pin_list.as_deref().filter(|_| !overlaid),
                         local_base: local_base.as_deref(),
                     },
                     &key_of,
@@ -348,7 +349,7 @@ impl Proxy {
             }
         }
         if pending_check {
-            let pending = self.outbox.pending_for(&partition, &path);
+            let pending = self.outbox.pending_for(&partition, &path).max(list_writes.len());
             if pending > 0 {
                 resp.headers_mut()
                     .insert(HeaderName::from_static("x-outpost-pending"), HeaderValue::from(pending));

@@ -22,8 +22,9 @@ use super::flow::RequestHead;
 use super::Proxy;
 use crate::body::{self, ProxyBody};
 use crate::cache::Outcome;
+use crate::media::merge;
 use crate::queue::OutboxRecord;
-use crate::routes::RouteMatch;
+use crate::routes::{OverlayList, RouteMatch};
 use crate::upstream::Upstream;
 
 /// The largest stored answer a patch is applied to.
@@ -36,21 +37,6 @@ pub(super) enum Folded {
     Body(Option<String>, Vec<u8>),
     /// The resource will be gone.
     Gone,
-}
-
-fn header_of<'a>(w: &'a OutboxRecord, name: &str) -> Option<&'a str> {
-    w.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
-fn is_merge_patch(w: &OutboxRecord) -> bool {
-    header_of(w, "content-type").is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/merge-patch+json"))
-    })
 }
 
 fn replaces(w: &OutboxRecord) -> bool {
@@ -73,15 +59,15 @@ pub(super) fn fold(base: Option<(Option<String>, Vec<u8>)>, writes: &[OutboxReco
             return None;
         }
         state = Some(match w.method.as_str() {
-            "PUT" => Folded::Body(header_of(w, "content-type").map(str::to_string), w.body.clone()),
+            "PUT" => Folded::Body(w.header("content-type").map(str::to_string), w.body.clone()),
             "DELETE" => Folded::Gone,
-            "PATCH" if is_merge_patch(w) => {
+            "PATCH" if w.is_merge_patch() => {
                 let Some(Folded::Body(_, current)) = &state else {
                     return None;
                 };
                 let mut doc: Value = serde_json::from_slice(current).ok()?;
                 let patch: Value = serde_json::from_slice(&w.body).ok()?;
-                merge_patch(&mut doc, &patch);
+                merge::apply(&mut doc, &patch);
                 Folded::Body(Some("application/json".into()), serde_json::to_vec(&doc).ok()?)
             }
             _ => return None,
@@ -90,27 +76,156 @@ pub(super) fn fold(base: Option<(Option<String>, Vec<u8>)>, writes: &[OutboxReco
     state
 }
 
-/// RFC 7396 §2: JSON Merge Patch.
-pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(serde_json::Map::new());
-    }
-    if let Value::Object(t) = target {
-        for (k, v) in p {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
+/// Whether an item's id member is the id in its URL (a string, or a number written the same way).
+fn same_id(v: Option<&Value>, id: &str) -> bool {
+    match v {
+        Some(Value::String(s)) => s == id,
+        Some(Value::Number(n)) => n.to_string() == id,
+        _ => false,
     }
 }
 
+/// The id from an item's URL as the list's other items hold theirs (a number where they use numbers).
+fn id_value(id: &str, items: &[Value], member: &str) -> Value {
+    let numeric = items.iter().any(|i| i.get(member).is_some_and(Value::is_number));
+    match id.parse::<i64>() {
+        Ok(n) if numeric => Value::from(n),
+        _ => Value::String(id.to_string()),
+    }
+}
+
+/// What this user's queued writes (oldest first) make of a collection's JSON answer `base` whose items
+/// are written at `list_path` (see [`OverlayList::items_base`]); `None` when the outcome cannot be known here (no array at `items`, a write that is not
+/// JSON, a patch of an item the list does not hold, a spooled body).
+pub(super) fn fold_list(base: &[u8], list: &OverlayList, list_path: &str, writes: &[OutboxRecord]) -> Option<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(base).ok()?;
+    let at = match &list.items {
+        None => &mut doc,
+        Some(p) => p.get_mut(&mut doc)?,
+    };
+    let Value::Array(items) = at else {
+        return None;
+    };
+    let member = list.id.as_str();
+    for w in writes {
+        if w.body_file.is_some() {
+            return None;
+        }
+        let path = w.uri.split('?').next().unwrap_or("");
+        let item = path
+            .strip_prefix(list_path)
+            .and_then(|r| r.strip_prefix('/'))
+            .filter(|id| !id.is_empty() && !id.contains('/'));
+        let place = |items: &[Value], id: &str| items.iter().position(|v| same_id(v.get(member), id));
+        match (w.method.as_str(), item) {
+            ("POST", None) => {
+                let new: Value = serde_json::from_slice(&w.body).ok()?;
+                let known = match new.get(member) {
+                    Some(Value::String(id)) => place(items, id),
+                    Some(Value::Number(n)) => place(items, &n.to_string()),
+                    _ => None,
+                };
+                match known {
+                    Some(i) => items[i] = new,
+                    None if list.add_first => items.insert(0, new),
+                    None => items.push(new),
+                }
+            }
+            ("PUT", Some(id)) => {
+                let mut new: Value = serde_json::from_slice(&w.body).ok()?;
+                if let Value::Object(o) = &mut new {
+                    if !o.contains_key(member) {
+                        o.insert(member.to_string(), id_value(id, items, member));
+                    }
+                }
+                match place(items, id) {
+                    Some(i) => items[i] = new,
+                    None if list.add_first => items.insert(0, new),
+                    None => items.push(new),
+                }
+            }
+            ("PATCH", Some(id)) if w.is_merge_patch() => {
+                let patch: Value = serde_json::from_slice(&w.body).ok()?;
+                let i = place(items, id)?;
+                merge::apply(&mut items[i], &patch);
+            }
+            ("DELETE", Some(id)) => items.retain(|v| !same_id(v.get(member), id)),
+            _ => return None,
+        }
+    }
+    serde_json::to_vec(&doc).ok()
+}
+
+/// The ordinary answer to a GET, read whole when it is a `200` small enough to change.
+enum Base {
+    /// `200` read whole (decoded): its head, content type and body.
+    Read(http::response::Parts, Option<String>, Bytes),
+    /// Anything else, as it came.
+    AsIs(Response<ProxyBody>),
+}
+
+/// Our own answer with the queued writes' effect: never stored, naming the writes.
+fn overlay_answer(mut resp: Response<ProxyBody>, writes: &[OutboxRecord]) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let ids: Vec<&str> = writes.iter().map(|w| w.id.as_str()).collect();
+    if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-outpost-overlay"), v);
+    }
+    resp
+}
+
+fn json_answer(ct: Option<String>, bytes: Vec<u8>) -> Response<ProxyBody> {
+    let mut r = Response::new(body::full(Bytes::from(bytes)));
+    if let Some(v) = ct.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
 impl Proxy {
+    /// The ordinary answer (cache flow), read whole when it can be changed.
+    async fn base(
+        self: &Arc<Self>,
+        head: RequestHead,
+        route: &RouteMatch<'_>,
+        upstream: &Arc<Upstream>,
+        peer: SocketAddr,
+    ) -> Result<(Base, Outcome), ProxyError> {
+        let (mut resp, outcome) = self.flow.run(head, route, upstream, peer).await?;
+        if resp.status() != StatusCode::OK {
+            return Ok((Base::AsIs(resp), outcome));
+        }
+        // Patches apply to the representation, not to its gzip bytes.
+        super::adapt_coding(&mut resp, &http::HeaderMap::new(), &Method::GET);
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (parts, mut body) = resp.into_parts();
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ProxyError::Garbage {
+                upstream: upstream.name().to_string(),
+                reason: e.to_string(),
+            })?;
+            if let Ok(d) = frame.into_data() {
+                bytes.extend_from_slice(&d);
+            }
+            if bytes.len() > MAX_BASE {
+                // Too large to change here: the answer as it is, read so far and the rest.
+                let head = futures_util::stream::iter([Ok(http_body::Frame::data(bytes.freeze()))]);
+                let rest = http_body_util::BodyStream::new(body);
+                let whole = futures_util::StreamExt::chain(head, rest);
+                let b = BodyExt::boxed(http_body_util::StreamBody::new(whole));
+                return Ok((Base::AsIs(Response::from_parts(parts, b)), outcome));
+            }
+        }
+        Ok((Base::Read(parts, ct, bytes.freeze()), outcome))
+    }
+
     /// The answer to a GET of a resource with queued writes (see the module doc).
     pub(super) async fn overlaid(
         self: &Arc<Self>,
@@ -120,7 +235,6 @@ impl Proxy {
         peer: SocketAddr,
         writes: &[OutboxRecord],
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let ids: Vec<&str> = writes.iter().map(|w| w.id.as_str()).collect();
         let mut outcome = Outcome::Bypass;
         let folded = if !needs_base(writes) {
             match fold(None, writes) {
@@ -129,64 +243,54 @@ impl Proxy {
                 None => return self.flow.run(head, route, upstream, peer).await,
             }
         } else {
-            let (mut resp, o) = self.flow.run(head, route, upstream, peer).await?;
+            let (base, o) = self.base(head, route, upstream, peer).await?;
             outcome = o;
-            if resp.status() != StatusCode::OK {
-                return Ok((resp, outcome));
-            }
-            // Patches apply to the representation, not to its gzip bytes.
-            super::adapt_coding(&mut resp, &http::HeaderMap::new(), &Method::GET);
-            let ct = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let (parts, mut body) = resp.into_parts();
-            let mut bytes = bytes::BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| ProxyError::Garbage {
-                    upstream: upstream.name().to_string(),
-                    reason: e.to_string(),
-                })?;
-                if let Ok(d) = frame.into_data() {
-                    bytes.extend_from_slice(&d);
-                }
-                if bytes.len() > MAX_BASE {
-                    // Too large to patch here: the answer as it is, read so far and the rest.
-                    let head = futures_util::stream::iter([Ok(http_body::Frame::data(bytes.freeze()))]);
-                    let rest = http_body_util::BodyStream::new(body);
-                    let whole = futures_util::StreamExt::chain(head, rest);
-                    let b = BodyExt::boxed(http_body_util::StreamBody::new(whole));
-                    return Ok((Response::from_parts(parts, b), outcome));
-                }
-            }
-            let bytes = bytes.freeze();
+            let Base::Read(parts, ct, bytes) = base else {
+                return Ok((base.into_response(), outcome));
+            };
             match fold(Some((ct, bytes.to_vec())), writes) {
                 Some(f) => f,
                 None => return Ok((Response::from_parts(parts, body::full(bytes)), outcome)),
             }
         };
-        let mut resp = match folded {
+        let resp = match folded {
             Folded::Gone => {
                 let mut r = body::json_error(StatusCode::NOT_FOUND, "deleted by a queued write", None);
                 *r.status_mut() = StatusCode::NOT_FOUND;
                 r
             }
-            Folded::Body(ct, bytes) => {
-                let mut r = Response::new(body::full(Bytes::from(bytes)));
-                if let Some(v) = ct.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                    r.headers_mut().insert(header::CONTENT_TYPE, v);
-                }
-                r
-            }
+            Folded::Body(ct, bytes) => json_answer(ct, bytes),
         };
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
-            resp.headers_mut()
-                .insert(HeaderName::from_static("x-outpost-overlay"), v);
+        Ok((overlay_answer(resp, writes), outcome))
+    }
+
+    /// The answer to a GET of a collection (`overlay_list`) with queued writes to it or its items.
+    pub(super) async fn overlaid_list(
+        self: &Arc<Self>,
+        head: RequestHead,
+        route: &RouteMatch<'_>,
+        upstream: &Arc<Upstream>,
+        peer: SocketAddr,
+        (list, items_at): (&OverlayList, &str),
+        writes: &[OutboxRecord],
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let (base, outcome) = self.base(head, route, upstream, peer).await?;
+        let Base::Read(parts, ct, bytes) = base else {
+            return Ok((base.into_response(), outcome));
+        };
+        match fold_list(&bytes, list, items_at, writes) {
+            Some(folded) => Ok((overlay_answer(json_answer(ct, folded), writes), outcome)),
+            None => Ok((Response::from_parts(parts, body::full(bytes)), outcome)),
         }
-        Ok((resp, outcome))
+    }
+}
+
+impl Base {
+    fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            Base::Read(parts, _, bytes) => Response::from_parts(parts, body::full(bytes)),
+            Base::AsIs(r) => r,
+        }
     }
 }
 
@@ -194,37 +298,6 @@ impl Proxy {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    /// RFC 7396 Appendix A, every row.
-    #[test]
-    fn merge_patch_follows_rfc7396_appendix_a() {
-        let rows = [
-            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
-            (json!({"a":"b"}), json!({"a":null}), json!({})),
-            (json!({"a":"b","b":"c"}), json!({"a":null}), json!({"b":"c"})),
-            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
-            (
-                json!({"a":{"b":"c"}}),
-                json!({"a":{"b":"d","c":null}}),
-                json!({"a":{"b":"d"}}),
-            ),
-            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
-            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
-            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
-            (json!({"a":"foo"}), json!(null), json!(null)),
-            (json!({"a":"foo"}), json!("bar"), json!("bar")),
-            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
-            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
-            (json!({}), json!({"a":{"bb":{"ccc":null}}}), json!({"a":{"bb":{}}})),
-        ];
-        for (target, patch, want) in rows {
-            let mut t = target.clone();
-            merge_patch(&mut t, &patch);
-            assert_eq!(t, want, "{target} + {patch}");
-        }
-    }
 
     fn write(method: &str, ct: &str, body: &str) -> OutboxRecord {
         OutboxRecord {
@@ -281,5 +354,55 @@ mod tests {
         );
         assert!(needs_base(std::slice::from_ref(&patch)));
         assert!(!needs_base(&[put.clone(), patch.clone()]) && !needs_base(&[patch, put]));
+    }
+
+    #[test]
+    fn queued_item_writes_show_in_the_list() {
+        let list = |items: Option<&str>, add_first: bool| OverlayList {
+            path: crate::routes::RoutePattern::exact("/lib").unwrap(),
+            items: items.map(|p| crate::media::JsonPath::parse(p).unwrap()),
+            id: "id".into(),
+            add_first,
+            item_path: None,
+        };
+        let at = |method: &str, uri: &str, ct: &str, body: &str| OutboxRecord {
+            uri: uri.into(),
+            ..write(method, ct, body)
+        };
+        let base = br#"{"items":[{"id":1,"t":"a"},{"id":2,"t":"b"},{"id":3,"t":"c"}],"total":3}"#;
+        let writes = [
+            at("POST", "/lib", "application/json", r#"{"t":"new"}"#),
+            at("DELETE", "/lib/2", "", ""),
+            at(
+                "PATCH",
+                "/lib/3",
+                "application/merge-patch+json",
+                r#"{"t":"C","x":null}"#,
+            ),
+            at("PUT", "/lib/9", "application/json", r#"{"t":"put"}"#),
+            at("PUT", "/lib/1?v=2", "application/json", r#"{"id":1,"t":"A"}"#),
+        ];
+        let out = fold_list(base, &list(Some("items"), false), "/lib", &writes).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap(),
+            json!({"items":[{"id":1,"t":"A"},{"id":3,"t":"C"},{"t":"new"},{"id":9,"t":"put"}],"total":3})
+        );
+        // A bare array, newest first, string ids.
+        let base = br#"[{"id":"a"},{"id":"b"}]"#;
+        let writes = [
+            at("POST", "/lib", "application/json", r#"{"id":"c"}"#),
+            at("DELETE", "/lib/a", "", ""),
+        ];
+        let out = fold_list(base, &list(None, true), "/lib", &writes).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap(),
+            json!([{"id":"c"},{"id":"b"}])
+        );
+        // What cannot be known: no array there, a patch of an item not in the list, a JSON Patch.
+        let one = |w: OutboxRecord| fold_list(base, &list(None, false), "/lib", &[w]);
+        assert_eq!(fold_list(base, &list(Some("items"), false), "/lib", &writes), None);
+        assert_eq!(one(at("PATCH", "/lib/zz", "application/merge-patch+json", "{}")), None);
+        assert_eq!(one(at("PATCH", "/lib/a", "application/json-patch+json", "[]")), None);
+        assert_eq!(one(at("POST", "/lib", "text/plain", "not json")), None);
     }
 }

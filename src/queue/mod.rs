@@ -318,6 +318,45 @@ impl Outbox {
         out
     }
 
+    /// This user's pending writes to the collection at `path` (a POST of an item) or to one of its items
+    /// (`path/{id}`: PUT, PATCH, DELETE), oldest first; the store is read only when the index says so.
+    pub fn pending_list_writes(&self, partition: &str, path: &str) -> Vec<OutboxRecord> {
+        let under = format!("{partition}\0{path}");
+        let any = self
+            .index
+            .lock()
+            .map(|ix| {
+                ix.paths.keys().any(|k| {
+                    k.strip_prefix(&under)
+                        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+                })
+            })
+            .unwrap_or(false);
+        if !any {
+            return Vec::new();
+        }
+        let mut out: Vec<OutboxRecord> = record::all(&self.store)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| {
+                let own = i.uri.split('?').next().unwrap_or("");
+                let item = own
+                    .strip_prefix(path)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+                i.state == ItemState::Pending
+                    && i.partition == partition
+                    && match i.method.as_str() {
+                        "POST" => own == path,
+                        "PUT" | "PATCH" | "DELETE" => item,
+                        _ => false,
+                    }
+            })
+            .collect();
+        out.sort_by_key(|i| i.seq);
+        out
+    }
+
     /// True when a new write in `ordering_key`'s line must queue behind pending items to keep order
     /// (`None` is the global line: any pending item).
     pub fn has_pending_in_line(&self, partition: &str, ordering_key: &Option<String>) -> bool {

@@ -96,6 +96,23 @@ fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 }
 
 impl OutboxRecord {
+    /// The first request header called `name` (any case), when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// True for a PATCH whose body is a JSON Merge Patch (RFC 7396) held in the record.
+    pub fn is_merge_patch(&self) -> bool {
+        self.method == "PATCH"
+            && self.body_file.is_none()
+            && self
+                .header("content-type")
+                .is_some_and(crate::media::merge::is_merge_patch_type)
+    }
+
     fn encode(&self) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(self).map_err(|e| StoreError::Corrupt {
             cf: "outbox",

@@ -3,12 +3,17 @@
 //! line, and the earlier one is kept as a `superseded` record naming its successor. Replay then sends one
 //! request where the app made several, and the server ends in the state the last one asks for (a PUT or a
 //! DELETE replaces the whole resource, so what came before it to the same target cannot matter). POSTs
-//! never supersede and are never superseded.
+//! never supersede and are never superseded. A merge PATCH (RFC 7396) to a target whose waiting write is
+//! a merge PATCH takes its place the same way, carrying one patch that does what both do in turn
+//! ([`merge::combine`]); where no single patch can, or their preconditions differ, both stay queued.
 //!
 //! Promises: the item the replay worker is sending is never superseded (it is marked in flight, under the
 //! same lock enqueues decide under), so a delivery can never remove a record whose content it did not send.
 
+use serde_json::Value;
+
 use super::{ItemState, Outbox, OutboxRecord, QueueError};
+use crate::media::merge;
 
 /// What a write targets: (user partition, route, request target).
 pub(super) type Target = (String, String, String);
@@ -19,15 +24,30 @@ pub(super) fn target_of(item: &OutboxRecord) -> Option<Target> {
         .then(|| (item.partition.clone(), item.route.clone(), item.uri.clone()))
 }
 
+/// Preconditions that tie a request to the state before it; writes carrying different ones are not merged.
+const PRECONDITIONS: [&str; 3] = ["if-match", "if-unmodified-since", "if-none-match"];
+
+/// The body of one merge patch doing what `old` then `new` do (both merge PATCHes), when there is one
+/// (see [`merge::combine`]) and both stand on the same preconditions.
+fn combined_patch(old: &OutboxRecord, new: &OutboxRecord) -> Option<Vec<u8>> {
+    if !old.is_merge_patch() || PRECONDITIONS.iter().any(|h| old.header(h) != new.header(h)) {
+        return None;
+    }
+    let first: Value = serde_json::from_slice(&old.body).ok()?;
+    let second: Value = serde_json::from_slice(&new.body).ok()?;
+    serde_json::to_vec(&merge::combine(&first, &second)?).ok()
+}
+
 impl Outbox {
-    /// For each new record (a PUT or DELETE on a superseding route) whose target has a waiting PUT or
-    /// PATCH not being sent: the new record takes the old one's place (its key and line position) and
+    /// For each new record (a PUT, DELETE or merge PATCH on a superseding route) whose target has a
+    /// waiting PUT or PATCH not being sent (for a PATCH: a merge PATCH it combines with): the new record takes the old one's place (its key and line position) and
     /// the old one moves to the new record's key as `superseded`. Returns (old as it was, old as it is
     /// kept) for each replaced one. Called by the group-commit leader, under the order lock.
     pub(super) fn supersede(&self, records: &mut [OutboxRecord]) -> Vec<(OutboxRecord, OutboxRecord)> {
         let mut replaced: Vec<(OutboxRecord, OutboxRecord)> = Vec::new();
         for new in records.iter_mut() {
-            if !new.supersede || !matches!(new.method.as_str(), "PUT" | "DELETE") {
+            let patching = new.is_merge_patch();
+            if !new.supersede || !(patching || matches!(new.method.as_str(), "PUT" | "DELETE")) {
                 continue;
             }
             let target = (new.partition.clone(), new.route.clone(), new.uri.clone());
@@ -45,6 +65,15 @@ impl Outbox {
                 },
                 _ => continue,
             };
+            if patching {
+                // Two merge patches become one where a single patch says what both say in turn.
+                let Some(body) = combined_patch(&old, new) else {
+                    continue;
+                };
+                new.body = body;
+                // The stored length was the app's; the body's own length goes out with it.
+                new.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-length"));
+            }
             let mut kept = old.clone();
             kept.seq = new.seq;
             kept.state = ItemState::Superseded;
@@ -180,5 +209,57 @@ mod tests {
         let all = states(&outbox);
         assert!(all.contains(&(d, "superseded", String::new())), "{all:?}");
         assert!(all.contains(&(e, "pending", "e".into())), "{all:?}");
+    }
+
+    #[test]
+    fn merge_patches_to_one_target_combine_into_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let outbox = Outbox::open(store, QueueSettings::default()).unwrap();
+        let patch = |body: &str, extra: &[(&str, &str)]| {
+            let mut headers = vec![
+                ("content-type".to_string(), b"application/merge-patch+json".to_vec()),
+                ("content-length".to_string(), body.len().to_string().into_bytes()),
+            ];
+            headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
+            OutboxRecord {
+                method: "PATCH".into(),
+                headers,
+                ..put("/n/1", body, true)
+            }
+        };
+        let (a, _) = outbox.enqueue(patch(r#"{"title":"a","tags":{"x":1}}"#, &[])).unwrap();
+        let (b, _) = outbox.enqueue(patch(r#"{"tags":{"y":2},"n":null}"#, &[])).unwrap();
+        assert_eq!(outbox.depth(), 1);
+        let head = outbox.line_heads().unwrap().remove(0);
+        assert_eq!(head.id, b);
+        let body: Value = serde_json::from_slice(&head.body).unwrap();
+        assert_eq!(body, serde_json::json!({"title":"a","tags":{"x":1,"y":2},"n":null}));
+        assert_eq!(
+            head.header("content-length"),
+            None,
+            "the app's length was for its own body"
+        );
+        let kept = outbox.list().unwrap().into_iter().find(|i| i.id == a).unwrap();
+        assert_eq!(kept.superseded_by.as_deref(), Some(b.as_str()));
+
+        // No single patch can say "delete tags, then build a new tags object": both stay.
+        outbox.enqueue(patch(r#"{"tags":null}"#, &[])).unwrap();
+        assert_eq!(outbox.depth(), 1, "a deletion combines");
+        outbox.enqueue(patch(r#"{"tags":{"z":3}}"#, &[])).unwrap();
+        assert_eq!(outbox.depth(), 2);
+        // Another precondition, or another kind of patch: queued behind, not merged.
+        outbox.enqueue(patch(r#"{"n":1}"#, &[("if-match", "\"v7\"")])).unwrap();
+        assert_eq!(outbox.depth(), 3);
+        let json_patch = OutboxRecord {
+            headers: vec![("content-type".into(), b"application/json-patch+json".to_vec())],
+            ..patch("[]", &[])
+        };
+        outbox.enqueue(json_patch).unwrap();
+        outbox.enqueue(patch(r#"{"n":2}"#, &[])).unwrap();
+        assert_eq!(outbox.depth(), 5);
+        // A PUT still takes a merge patch's place.
+        outbox.enqueue(put("/n/1", "{}", true)).unwrap();
+        assert_eq!(outbox.depth(), 5);
     }
 }

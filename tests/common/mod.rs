@@ -213,7 +213,16 @@ impl Origin {
         H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: std::future::Future<Output = http::Response<outpost::body::ProxyBody>> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::start_at("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// An origin on `addr` (one that was stopped coming back where the proxy expects it).
+    pub async fn start_at<H, F>(addr: std::net::SocketAddr, handler: H) -> Origin
+    where
+        H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = http::Response<outpost::body::ProxyBody>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = outpost::server::ShutdownSignal::new();
@@ -249,6 +258,26 @@ impl Origin {
         self.stop.trigger();
         if let Some(s) = self.server.take() {
             s.finished().await;
+        }
+    }
+}
+
+/// RFC 7396 JSON Merge Patch as a test backend applies it (written here, independently of Outpost's own,
+/// so that a backend never checks Outpost against itself).
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
         }
     }
 }
