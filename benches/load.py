@@ -9,6 +9,7 @@ Timings here never decide a test.
 LOGGING=on gives every proxy its default request log, written to a file: Outpost its info line, nginx
 `access_log`, Varnish `varnishncsa`; off (the default): no per-request logs anywhere.
 URLS=2000,20000,100000: the working sets of scenario 8 (1 KiB hits at random over that many cached URLs).
+OUTPOST_MEMORY=64MiB sets Outpost's `[cache] memory` (its default otherwise).
 """
 
 import json
@@ -150,12 +151,14 @@ class Outpost:
         self.port, self.admin = free_port(), free_port()
         self.data = data_dir or os.path.join(work, "outpost-data")
         cfg = os.path.join(work, "outpost.toml")
+        memory = f'[cache]\nmemory = "{os.environ["OUTPOST_MEMORY"]}"\n' if os.environ.get("OUTPOST_MEMORY") else ""
         with open(cfg, "w") as f:
             f.write(f"""listen = "127.0.0.1:{self.port}"
 admin_listen = "127.0.0.1:{self.admin}"
 data_dir = "{self.data}"
 default_upstream = "api"
 max_size = "8GB"
+{memory}
 
 [upstreams.api]
 url = "http://127.0.0.1:{origin.api}"

@@ -159,6 +159,7 @@ impl Outpost {
             config.cache.max_unused,
         )?);
         evictor.set_kind_limits(config.kind_limits.clone());
+        store.set_memory(usize::try_from(config.cache.memory).unwrap_or(usize::MAX));
         let evict_task = tokio::spawn(evictor.clone().run(shutdown.triggered()));
         // A store that stopped taking writes (disk full) is probed until it takes them again.
         tokio::spawn(store::watch_health(store.clone(), shutdown.triggered()));
@@ -295,6 +296,7 @@ impl Outpost {
         };
         evictor.configure(max_size, auto_evict);
         evictor.set_kind_limits(config.kind_limits.clone());
+        store.set_memory(usize::try_from(config.cache.memory).unwrap_or(usize::MAX));
         live.upstreams.store(upstreams);
         live.replayer.store(next.replayer);
         live.proxy.store(next.proxy);

@@ -216,6 +216,8 @@ pub struct CacheSettings {
     pub offline_stale: crate::routes::OfflineStale,
     /// Apps may send `PURGE url` to the proxy port (their own answers only).
     pub allow_purge: bool,
+    /// Memory for hot answers (decoded records, small bodies, RocksDB's block cache), in bytes.
+    pub memory: u64,
 }
 
 impl Default for CacheSettings {
@@ -228,6 +230,7 @@ impl Default for CacheSettings {
             partitioner: crate::cache::key::Partitioner::default(),
             offline_stale: crate::routes::OfflineStale::Always,
             allow_purge: false,
+            memory: crate::store::DEFAULT_MEMORY as u64,
         }
     }
 }

@@ -52,6 +52,7 @@ pub(super) struct RawCache {
     pub(super) session_cookie: Option<Spanned<String>>,
     pub(super) offline_stale: Option<Spanned<String>>,
     pub(super) allow_purge: Option<bool>,
+    pub(super) memory: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

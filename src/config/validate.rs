@@ -279,6 +279,14 @@ impl RawConfig {
                     shared: self.cache.shared.unwrap_or(d.shared),
                     verify_on_read: self.cache.verify_on_read.unwrap_or(d.verify_on_read),
                     allow_purge: self.cache.allow_purge.unwrap_or(d.allow_purge),
+                    memory: match &self.cache.memory {
+                        None => d.memory,
+                        Some(v) => match parse_size(v.get_ref()) {
+                            Ok(n) if n >= 1 << 20 => n,
+                            Ok(_) => return Err(cx.err(Some(v.span()), "cache.memory", "must be at least 1MiB")),
+                            Err(r) => return Err(cx.err(Some(v.span()), "cache.memory", r)),
+                        },
+                    },
                     auto_evict: self.cache.auto_evict.unwrap_or(d.auto_evict),
                     max_unused: cx.opt_duration(&self.cache.max_unused, "cache.max_unused")?,
                     offline_stale: super::route::offline_stale(

@@ -91,11 +91,23 @@ fn map_blob(file: &File) -> io::Result<memmap2::Mmap> {
 struct HotBlobs {
     map: lru::LruCache<String, bytes::Bytes>,
     bytes: usize,
+    cap: usize,
+}
+
+impl HotBlobs {
+    fn shrink(&mut self) {
+        while self.bytes > self.cap {
+            match self.map.pop_lru() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// Blobs up to this size are kept in memory once read.
 pub const HOT_BLOB_MAX: u64 = 256 * 1024;
-/// Memory for hot blobs.
+/// Memory for hot blobs until [`BlobStore::set_hot_bytes`] says otherwise.
 const HOT_BYTES: usize = 8 << 20;
 
 /// A blob being written. Dropping it without [`BlobWriter::finish`] deletes the temp file.
@@ -191,6 +203,7 @@ impl BlobStore {
             hot: std::sync::Mutex::new(HotBlobs {
                 map: lru::LruCache::unbounded(),
                 bytes: 0,
+                cap: HOT_BYTES,
             }),
             handles: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
@@ -199,6 +212,14 @@ impl BlobStore {
             at_rest,
             regions: Default::default(),
         })
+    }
+
+    /// Bounds the memory kept for small blobs read recently.
+    pub fn set_hot_bytes(&self, bytes: usize) {
+        if let Ok(mut h) = self.hot.lock() {
+            h.cap = bytes;
+            h.shrink();
+        }
     }
 
     /// The memory regions of blob maps (see [`crate::sendfile`]).
@@ -362,12 +383,7 @@ impl BlobStore {
                 if h.map.put(hash.to_string(), b.clone()).is_none() {
                     h.bytes += b.len();
                 }
-                while h.bytes > HOT_BYTES {
-                    match h.map.pop_lru() {
-                        Some((_, old)) => h.bytes -= old.len(),
-                        None => break,
-                    }
-                }
+                h.shrink();
             }
         }
         Ok(b)

@@ -84,8 +84,9 @@ impl Entry {
 }
 
 /// A stored response's header fields: kept as a shared `HeaderMap` in memory, written as a list of
-/// `[name, [value bytes]]` pairs (the record format is unchanged). Invalid stored names or values are
-/// skipped when read, never a panic.
+/// `[name, value]` pairs, the value as text when it is visible ASCII (nearly always) and as an array of
+/// bytes otherwise — records written before text values existed (bytes only) read the same. Invalid stored
+/// names or values are skipped when read, never a panic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredHeaders(std::sync::Arc<http::HeaderMap>);
 
@@ -101,17 +102,47 @@ impl Serialize for StoredHeaders {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for (n, v) in self.0.iter() {
-            seq.serialize_element(&(n.as_str(), v.as_bytes()))?;
+            // Text is a third of the size of a byte array in JSON and faster to read back.
+            match v.to_str() {
+                Ok(text) => seq.serialize_element(&(n.as_str(), text))?,
+                Err(_) => seq.serialize_element(&(n.as_str(), v.as_bytes()))?,
+            }
         }
         seq.end()
     }
 }
 
+/// A stored header value: text, or an array of bytes (older records, and values that are not ASCII).
+struct StoredValue(Vec<u8>);
+
+impl<'de> Deserialize<'de> for StoredValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = StoredValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header value as text or as an array of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StoredValue, E> {
+                Ok(StoredValue(v.as_bytes().to_vec()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StoredValue, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8192));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(StoredValue(out))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 impl<'de> Deserialize<'de> for StoredHeaders {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let pairs = Vec::<(String, Vec<u8>)>::deserialize(d)?;
+        let pairs = Vec::<(String, StoredValue)>::deserialize(d)?;
         let mut h = http::HeaderMap::with_capacity(pairs.len());
-        for (n, v) in pairs {
+        for (n, StoredValue(v)) in pairs {
             if let (Ok(n), Ok(v)) = (
                 http::HeaderName::from_bytes(n.as_bytes()),
                 http::HeaderValue::from_bytes(&v),
@@ -180,20 +211,77 @@ pub struct Retained {
 
 /// Recently read records, so a hot answer costs no RocksDB read and no decoding. Every write to
 /// `entries` goes through [`Store`], which forgets what it wrote; `gen` keeps a read that raced a write
-/// from putting the old record back.
+/// from putting the old record back. Bounded by an estimate of the memory its records take.
 pub(super) struct RecordCache {
-    map: lru::LruCache<Vec<u8>, Record>,
+    map: lru::LruCache<Vec<u8>, (Record, usize)>,
     gen: u64,
+    bytes: usize,
+    cap: usize,
+}
+
+/// What a record held in memory costs, roughly (the key, the strings, each header and the structs).
+fn weight(key: &[u8], r: &Record) -> usize {
+    let body = match r {
+        Record::Entry(e) => {
+            let headers: usize = e
+                .headers
+                .map()
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 48)
+                .sum();
+            headers + e.blob.len() + e.kind.len() + e.route.len() + e.url.len() + 256
+        }
+        Record::Vary(fields) => fields.iter().map(|f| f.len() + 32).sum::<usize>() + 64,
+    };
+    key.len() + body + 64
 }
 
 impl RecordCache {
-    pub(super) fn new(capacity: usize) -> RecordCache {
+    pub(super) fn new(cap_bytes: usize) -> RecordCache {
         RecordCache {
-            map: lru::LruCache::new(
-                std::num::NonZeroUsize::new(capacity.max(1)).unwrap_or(std::num::NonZeroUsize::MIN),
-            ),
+            map: lru::LruCache::unbounded(),
             gen: 0,
+            bytes: 0,
+            cap: cap_bytes,
         }
+    }
+
+    /// Bounds the cache to `cap_bytes`, dropping the least recently used records beyond it.
+    pub(super) fn resize(&mut self, cap_bytes: usize) {
+        self.cap = cap_bytes;
+        self.shrink();
+    }
+
+    fn put(&mut self, key: Vec<u8>, r: Record) {
+        let w = weight(&key, &r);
+        if w > self.cap {
+            return;
+        }
+        if let Some((_, old)) = self.map.put(key, (r, w)) {
+            self.bytes -= old;
+        }
+        self.bytes += w;
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        while self.bytes > self.cap {
+            match self.map.pop_lru() {
+                Some((_, (_, w))) => self.bytes -= w,
+                None => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, key: &[u8]) {
+        if let Some((_, w)) = self.map.pop(key) {
+            self.bytes -= w;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
     }
 }
 
@@ -201,7 +289,7 @@ impl Store {
     fn get_record(&self, key: &[u8]) -> Result<Option<Record>, StoreError> {
         let gen = {
             let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(r) = c.map.get(key) {
+            if let Some((r, _)) = c.map.get(key) {
                 return Ok(Some(r.clone()));
             }
             c.gen
@@ -217,7 +305,7 @@ impl Store {
             Ok(r) => {
                 let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
                 if c.gen == gen {
-                    c.map.put(key.to_vec(), r.clone());
+                    c.put(key.to_vec(), r.clone());
                 }
                 Ok(Some(r))
             }
@@ -235,10 +323,10 @@ impl Store {
         match keys {
             Some(keys) => {
                 for k in keys {
-                    c.map.pop(*k);
+                    c.pop(k);
                 }
             }
-            None => c.map.clear(),
+            None => c.clear(),
         }
     }
 
@@ -545,7 +633,7 @@ impl Store {
     /// Total bytes of the blob records (one pass over `blobs` only).
     pub fn blob_bytes(&self) -> Result<u64, StoreError> {
         let mut bytes = 0u64;
-        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("blobs") {
             let (_, v) = item?;
             if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
                 bytes += r.size;
@@ -557,7 +645,7 @@ impl Store {
     /// Number of entries and total blob bytes (for status; walks the column families).
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
         let mut entries = 0u64;
-        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("entries") {
             let (k, v) = item?;
             let is_entry = if self.encrypted() {
                 matches!(self.decode_record(&k, &v), Some(Record::Entry(_)))
@@ -576,7 +664,7 @@ impl Store {
     /// Bytes not stored twice thanks to content addressing: Σ size × (refcount − 1).
     pub fn dedup_saved(&self) -> Result<u64, StoreError> {
         let mut saved = 0u64;
-        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("blobs") {
             let (_, v) = item?;
             if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
                 saved += r.size * r.refcount.saturating_sub(1);
@@ -597,7 +685,7 @@ impl Store {
     pub fn entry_access_times(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let mut out = Vec::new();
         let access = self.cf("access");
-        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("entries") {
             let (k, v) = item?;
             let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
@@ -627,7 +715,7 @@ impl Store {
     /// Blobs with refcount 0: (hash, size).
     pub fn unreferenced_blobs(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("blobs") {
             let (k, v) = item?;
             if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
                 if r.refcount == 0 {
@@ -662,7 +750,7 @@ impl Store {
     /// Corruption is rare, so finding the entries is a scan.
     pub fn drop_corrupt_blob(&self, hash: &str) -> Result<usize, StoreError> {
         let mut keys = Vec::new();
-        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("entries") {
             let (k, v) = item?;
             if let Some(Record::Entry(e)) = self.decode_record(&k, &v) {
                 if e.blob == hash && !e.body_dropped {
@@ -680,7 +768,7 @@ impl Store {
     /// Entry keys whose kind and/or partition match (for clearing).
     pub fn entry_keys_where(&self, kind: Option<&str>, partition: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("entries") {
             let (k, v) = item?;
             let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
@@ -699,7 +787,7 @@ impl Store {
     /// Per kind: (entries, bytes referenced).
     pub fn kind_usage(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
-        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("entries") {
             let (k, v) = item?;
             let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
@@ -796,16 +884,48 @@ mod tests {
     }
 
     #[test]
-    fn stored_headers_keep_the_record_format_and_skip_invalid_fields() {
-        let json = r#"[["content-type",[97,47,98]],["bad name",[120]],["x-two",[49]],["x-two",[50]]]"#;
+    fn stored_headers_read_both_value_forms_and_skip_invalid_fields() {
+        // Older records hold every value as bytes; newer ones as text where they can.
+        let json =
+            r#"[["content-type",[97,47,98]],["bad name",[120]],["x-two","1"],["x-two",[50]],["x-bin",[104,233]]]"#;
         let h: StoredHeaders = serde_json::from_str(json).unwrap();
         assert_eq!(h.map().get("content-type").unwrap(), "a/b");
-        assert_eq!(h.map().len(), 3, "the invalid name is skipped");
+        assert_eq!(h.map().len(), 4, "the invalid name is skipped");
         assert_eq!(h.map().get_all("x-two").iter().count(), 2);
+        assert_eq!(h.map().get("x-bin").unwrap().as_bytes(), &[104, 233]);
+        let written = serde_json::to_string(&h).unwrap();
         assert_eq!(
-            serde_json::to_string(&h).unwrap(),
-            r#"[["content-type",[97,47,98]],["x-two",[49]],["x-two",[50]]]"#
+            written,
+            r#"[["content-type","a/b"],["x-two","1"],["x-two","2"],["x-bin",[104,233]]]"#
         );
+        let again: StoredHeaders = serde_json::from_str(&written).unwrap();
+        assert_eq!(again, h);
+        assert!(serde_json::from_str::<StoredHeaders>(r#"[["a",{"x":1}]]"#).is_err());
+    }
+
+    #[test]
+    fn the_record_cache_stays_within_its_bytes_keeping_the_recent_ones() {
+        let blob = BlobId {
+            hash: "ab".repeat(32),
+            size: 1,
+        };
+        let rec = || Record::Entry(entry(&blob));
+        let one = weight(b"key-0000", &rec());
+        let mut c = RecordCache::new(one * 10);
+        for i in 0..100 {
+            c.put(format!("key-{i:04}").into_bytes(), rec());
+            assert!(c.bytes <= c.cap, "{} > {}", c.bytes, c.cap);
+        }
+        assert_eq!(c.map.len(), 10);
+        assert!(c.map.contains(&b"key-0099".to_vec()) && !c.map.contains(&b"key-0089".to_vec()));
+        c.resize(one * 3);
+        assert_eq!((c.map.len(), c.bytes), (3, one * 3));
+        c.pop(b"key-0099");
+        c.put(b"key-0099".to_vec(), rec());
+        c.put(b"key-0099".to_vec(), rec());
+        assert_eq!((c.map.len(), c.bytes), (3, one * 3), "a record put twice counts once");
+        c.clear();
+        assert_eq!((c.map.len(), c.bytes), (0, 0));
     }
 
     fn entry(blob: &BlobId) -> Entry {

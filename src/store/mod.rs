@@ -50,6 +50,9 @@ pub fn key_partition(key: &[u8]) -> &[u8] {
 /// Layout version written in `meta`; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Memory for hot answers until [`Store::set_memory`] says otherwise (`[cache] memory`).
+pub const DEFAULT_MEMORY: usize = 64 << 20;
+
 /// Column families: response entries, blob records, access order, metadata, the mutation outbox, and
 /// the retention-group index (group, time, entry key; added in place: older data dirs get it empty).
 pub const COLUMN_FAMILIES: [&str; 6] = ["entries", "blobs", "access", "meta", "outbox", "groups"];
@@ -125,6 +128,8 @@ pub struct Store {
     commit_lock: Mutex<()>,
     /// Hot records (see [`entry::RecordCache`]).
     records: Mutex<entry::RecordCache>,
+    /// RocksDB's block cache, shared by every family (resized with [`Store::set_memory`]).
+    block_cache: rocksdb::Cache,
     /// Whether writes succeed (see [`health`]).
     health: health::Health,
     /// Set when the data dir is encrypted at rest.
@@ -160,7 +165,8 @@ impl Store {
             );
         }
         let lock = lock_dir(dir)?;
-        let (opts, cfs) = db_options();
+        let block_cache = rocksdb::Cache::new_lru_cache(DEFAULT_MEMORY / 4);
+        let (opts, cfs) = db_options(&block_cache);
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs).map_err(|e| salvage::damaged(dir, e))?;
         let at_rest = key.map(|k| std::sync::Arc::new(AtRest::new(k)));
         // Nothing is read or cleaned up before the key is known to fit the data dir.
@@ -171,11 +177,30 @@ impl Store {
             db,
             dir: dir.to_path_buf(),
             commit_lock: Mutex::new(()),
-            records: Mutex::new(entry::RecordCache::new(4096)),
+            records: Mutex::new(entry::RecordCache::new(DEFAULT_MEMORY / 2)),
+            block_cache,
             health: health::Health::default(),
             at_rest,
             _lock: lock,
         })
+    }
+
+    /// Bounds the memory kept for hot answers to about `bytes`: half for decoded records, a quarter for
+    /// small bodies, a quarter for RocksDB's block cache. More keeps more distinct answers off the disk
+    /// (large working sets); it is filled only by use.
+    pub fn set_memory(&self, bytes: usize) {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).resize(bytes / 2);
+        self.blobs.set_hot_bytes(bytes / 4);
+        let mut cache = self.block_cache.clone();
+        cache.set_capacity(bytes / 4);
+    }
+
+    /// Every record of a column family, in key order, read without filling the block cache (a pass over
+    /// everything would push out the blocks hits use, and hold memory for nothing afterwards).
+    pub(crate) fn scan(&self, cf: &str) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.fill_cache(false);
+        self.db.iterator_cf_opt(self.cf(cf), ro, rocksdb::IteratorMode::Start)
     }
 
     /// Seals a record value stored under `key` (unchanged when not encrypted).
@@ -242,7 +267,7 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
 }
 
 /// RocksDB's options for the data dir, and its column families.
-fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+fn db_options(cache: &rocksdb::Cache) -> (Options, Vec<ColumnFamilyDescriptor>) {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -251,9 +276,10 @@ fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     opts.set_max_log_file_size(1 << 20);
     // A sidecar on a phone or laptop: one small block cache shared by every family and small
     // memtables, instead of RocksDB's server-sized defaults (a cache and 64 MB memtables per family).
-    let cache = rocksdb::Cache::new_lru_cache(8 << 20);
     let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(&cache);
+    table.set_block_cache(cache);
+    // Point lookups (every cache hit not in the record cache) skip files that cannot hold the key.
+    table.set_bloom_filter(10.0, false);
     let cf_opts = || {
         let mut o = Options::default();
         o.set_block_based_table_factory(&table);

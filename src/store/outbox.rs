@@ -74,7 +74,7 @@ impl Store {
     /// Every record in sequence order (records that fail authentication are reported and skipped).
     pub fn outbox_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("outbox") {
             let (k, v) = item?;
             match self.open_outbox_value(&k, &v) {
                 Ok(r) => out.push((seq_of(&k), r.into_owned())),

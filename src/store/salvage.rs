@@ -39,7 +39,7 @@ impl Store {
         let db_dir = dir.join("db");
         let lost = db_dir.join("lost");
         let before = list(&lost);
-        let (opts, _) = db_options();
+        let (opts, _) = db_options(&rocksdb::Cache::new_lru_cache(8 << 20));
         DB::repair(&opts, &db_dir)?;
         let set_aside = list(&lost).into_iter().filter(|f| !before.contains(f)).collect();
         Ok(Salvaged { set_aside })

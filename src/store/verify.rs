@@ -66,7 +66,7 @@ impl Store {
         let mut good: HashSet<String> = HashSet::new();
         let mut bad: HashSet<String> = HashSet::new();
         let mut records: HashMap<String, BlobRecord> = HashMap::new();
-        for item in self.db.iterator_cf(self.cf("blobs"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("blobs") {
             let (k, v) = item?;
             let hash = String::from_utf8_lossy(&k).into_owned();
             match serde_json::from_slice::<BlobRecord>(&v) {
@@ -114,7 +114,7 @@ impl Store {
         let mut refs: HashMap<String, u64> = HashMap::new();
         let mut batch = rocksdb::WriteBatch::default();
         let mut entry_keys: HashSet<Vec<u8>> = HashSet::new();
-        for item in self.db.iterator_cf(self.cf("entries"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("entries") {
             let (k, v) = item?;
             match self.decode_record(&k, &v) {
                 Some(Record::Vary(_)) => {}
@@ -167,7 +167,7 @@ impl Store {
         }
 
         // The retention index: every key names an entry (group, 0, 8-byte time, entry key).
-        for item in self.db.iterator_cf(self.cf("groups"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("groups") {
             let (k, _) = item?;
             let entry_key = k.iter().position(|b| *b == 0).and_then(|i| k.get(i + 9..));
             if entry_key.is_none_or(|ek| !entry_keys.contains(ek)) {
@@ -177,7 +177,7 @@ impl Store {
         }
 
         // The outbox: report, never delete.
-        for item in self.db.iterator_cf(self.cf("outbox"), rocksdb::IteratorMode::Start) {
+        for item in self.scan("outbox") {
             let (k, v) = item?;
             report.outbox_items += 1;
             let readable = self
