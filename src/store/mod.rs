@@ -15,6 +15,7 @@ mod memory;
 mod outbox;
 mod pins;
 mod purge;
+mod recent;
 mod salvage;
 mod seam;
 mod verify;
@@ -126,8 +127,8 @@ pub struct Store {
     blobs: BlobStore,
     /// Serialises read-modify-write of blob refcounts; held only around a WriteBatch.
     commit_lock: Mutex<()>,
-    /// Hot records (see [`entry::RecordCache`]).
-    records: Mutex<entry::RecordCache>,
+    /// Hot records (see [`recent::RecordCache`]).
+    records: Mutex<recent::RecordCache>,
     /// RocksDB's block cache, shared by every family (resized with [`Store::set_memory`]).
     block_cache: rocksdb::Cache,
     /// Whether writes succeed (see [`health`]).
@@ -177,7 +178,7 @@ impl Store {
             db,
             dir: dir.to_path_buf(),
             commit_lock: Mutex::new(()),
-            records: Mutex::new(entry::RecordCache::new(DEFAULT_MEMORY / 2)),
+            records: Mutex::new(recent::RecordCache::new(DEFAULT_MEMORY / 2)),
             block_cache,
             health: health::Health::default(),
             at_rest,

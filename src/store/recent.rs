@@ -1,0 +1,116 @@
+//! Recently read records of the `entries` family, decoded, bounded by an estimate of their memory
+//! (half of `[cache] memory`): a hot answer costs no RocksDB read and no decoding.
+
+use super::entry::Record;
+
+/// Recently read records, so a hot answer costs no RocksDB read and no decoding. Every write to
+/// `entries` goes through [`super::Store`], which forgets what it wrote; `gen` keeps a read that raced a
+/// write from putting the old record back. Bounded by an estimate of the memory its records take.
+pub(super) struct RecordCache {
+    pub(super) map: lru::LruCache<Vec<u8>, (Record, usize)>,
+    pub(super) gen: u64,
+    bytes: usize,
+    cap: usize,
+}
+
+/// What a record held in memory costs, roughly (the key, the strings, each header and the structs).
+fn weight(key: &[u8], r: &Record) -> usize {
+    let body = match r {
+        Record::Entry(e) => {
+            let headers: usize = e
+                .headers
+                .map()
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 48)
+                .sum();
+            headers + e.blob.len() + e.kind.len() + e.route.len() + e.url.len() + 256
+        }
+        Record::Vary(fields) => fields.iter().map(|f| f.len() + 32).sum::<usize>() + 64,
+    };
+    key.len() + body + 64
+}
+
+impl RecordCache {
+    pub(super) fn new(cap_bytes: usize) -> RecordCache {
+        RecordCache {
+            map: lru::LruCache::unbounded(),
+            gen: 0,
+            bytes: 0,
+            cap: cap_bytes,
+        }
+    }
+
+    /// Bounds the cache to `cap_bytes`, dropping the least recently used records beyond it.
+    pub(super) fn resize(&mut self, cap_bytes: usize) {
+        self.cap = cap_bytes;
+        self.shrink();
+    }
+
+    pub(super) fn put(&mut self, key: Vec<u8>, r: Record) {
+        let w = weight(&key, &r);
+        if w > self.cap {
+            return;
+        }
+        if let Some((_, old)) = self.map.put(key, (r, w)) {
+            self.bytes -= old;
+        }
+        self.bytes += w;
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        while self.bytes > self.cap {
+            match self.map.pop_lru() {
+                Some((_, (_, w))) => self.bytes -= w,
+                None => break,
+            }
+        }
+    }
+
+    pub(super) fn pop(&mut self, key: &[u8]) {
+        if let Some((_, w)) = self.map.pop(key) {
+            self.bytes -= w;
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BlobId, Entry};
+
+    fn entry(blob: &BlobId) -> Entry {
+        let names = ("audio".into(), "media".into(), "/x".into());
+        Entry::stored(200, &http::HeaderMap::new(), blob, 0, names)
+    }
+
+    #[test]
+    fn the_record_cache_stays_within_its_bytes_keeping_the_recent_ones() {
+        let blob = BlobId {
+            hash: "ab".repeat(32),
+            size: 1,
+        };
+        let rec = || Record::Entry(entry(&blob));
+        let one = weight(b"key-0000", &rec());
+        let mut c = RecordCache::new(one * 10);
+        for i in 0..100 {
+            c.put(format!("key-{i:04}").into_bytes(), rec());
+            assert!(c.bytes <= c.cap, "{} > {}", c.bytes, c.cap);
+        }
+        assert_eq!(c.map.len(), 10);
+        assert!(c.map.contains(&b"key-0099".to_vec()) && !c.map.contains(&b"key-0089".to_vec()));
+        c.resize(one * 3);
+        assert_eq!((c.map.len(), c.bytes), (3, one * 3));
+        c.pop(b"key-0099");
+        c.put(b"key-0099".to_vec(), rec());
+        c.put(b"key-0099".to_vec(), rec());
+        assert_eq!((c.map.len(), c.bytes), (3, one * 3), "a record put twice counts once");
+        c.clear();
+        assert_eq!((c.map.len(), c.bytes), (0, 0));
+    }
+}
