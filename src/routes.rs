@@ -289,6 +289,14 @@ pub struct OverlayList {
     pub item_path: Option<String>,
 }
 
+/// The id of the item that `path` names under a collection whose items are written at `items_at`
+/// (`items_at/{id}`, one segment), if it names one.
+pub fn list_item<'a>(items_at: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(items_at)
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
 impl OverlayList {
     /// When `path` is this list: where its items are written.
     pub fn items_base(&self, path: &str) -> Option<String> {

@@ -113,29 +113,17 @@ async fn start_origin(state: &Shared, addr: Option<std::net::SocketAddr>) -> Ori
 }
 
 fn config(origin: &Origin, dir: &std::path::Path, supersede: bool) -> Config {
-    let src = format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = {dir:?}
-shutdown_grace = "1s"
-[queue]
-backoff_base = "20ms"
-backoff_cap = "200ms"
-[upstreams.api]
-url = "{url}"
-connect_timeout = "500ms"
-probe_interval = "100ms"
+    let src = common::offline_config_head(dir, &origin.url())
+        + &format!(
+            r#"
 [[routes]]
 name = "library"
 prefix = "/api/v1/library"
 supersede = {supersede}
 overlay = true
 overlay_list = {{ path = "/api/v1/library", items = "items", id = "id" }}
-"#,
-        dir = dir.display().to_string(),
-        url = origin.url()
-    );
+"#
+        );
     Config::from_toml(&src, "library.toml", &Overrides::default()).unwrap()
 }
 

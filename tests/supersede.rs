@@ -150,27 +150,16 @@ async fn answer(
 }
 
 fn config(backend: SocketAddr, dir: &std::path::Path, supersede: bool) -> Config {
-    let src = format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = {dir:?}
-shutdown_grace = "1s"
-[queue]
-backoff_base = "20ms"
-backoff_cap = "200ms"
-[upstreams.api]
-url = "http://{backend}"
-connect_timeout = "500ms"
-probe_interval = "100ms"
+    let src = common::offline_config_head(dir, &format!("http://{backend}"))
+        + &format!(
+            r#"
 [[routes]]
 name = "notes"
 prefix = "/api/v1/notes"
 supersede = {supersede}
 overlay = true
-"#,
-        dir = dir.display().to_string()
-    );
+"#
+        );
     Config::from_toml(&src, "supersede.toml", &Overrides::default()).unwrap()
 }
 

@@ -135,29 +135,13 @@ async fn answer(
 }
 
 fn config(backend: SocketAddr, dir: &std::path::Path) -> Config {
-    let src = format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = {dir:?}
-shutdown_grace = "1s"
-
-[queue]
-backoff_base = "20ms"
-backoff_cap = "200ms"
-
-[upstreams.api]
-url = "http://{backend}"
-connect_timeout = "500ms"
-probe_interval = "100ms"
-
+    let src = common::offline_config_head(dir, &format!("http://{backend}"))
+        + r#"
 [[routes]]
 name = "takes"
 prefix = "/api/v1/takes"
 max_body = "1GB"
-"#,
-        dir = dir.display().to_string()
-    );
+"#;
     Config::from_toml(&src, "uploads.toml", &Overrides::default()).unwrap()
 }
 

@@ -112,10 +112,7 @@ pub(super) fn fold_list(base: &[u8], list: &OverlayList, list_path: &str, writes
             return None;
         }
         let path = w.uri.split('?').next().unwrap_or("");
-        let item = path
-            .strip_prefix(list_path)
-            .and_then(|r| r.strip_prefix('/'))
-            .filter(|id| !id.is_empty() && !id.contains('/'));
+        let item = crate::routes::list_item(list_path, path);
         let place = |items: &[Value], id: &str| items.iter().position(|v| same_id(v.get(member), id));
         match (w.method.as_str(), item) {
             ("POST", None) => {

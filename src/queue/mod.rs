@@ -340,10 +340,7 @@ impl Outbox {
             .into_iter()
             .filter(|i| {
                 let own = i.uri.split('?').next().unwrap_or("");
-                let item = own
-                    .strip_prefix(path)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+                let item = crate::routes::list_item(path, own).is_some();
                 i.state == ItemState::Pending
                     && i.partition == partition
                     && match i.method.as_str() {

@@ -281,3 +281,24 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
         }
     }
 }
+
+/// The start of a config for offline-write tests: loopback ports, `dir` as the data dir, quick replay
+/// backoff, and one upstream `api` at `url` probed every 100 ms. Routes follow.
+pub fn offline_config_head(dir: &std::path::Path, url: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = {dir:?}
+shutdown_grace = "1s"
+[queue]
+backoff_base = "20ms"
+backoff_cap = "200ms"
+[upstreams.api]
+url = "{url}"
+connect_timeout = "500ms"
+probe_interval = "100ms"
+"#,
+        dir = dir.display().to_string()
+    )
+}
