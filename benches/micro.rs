@@ -107,7 +107,7 @@ fn enqueue(c: &mut Criterion) {
                         method: "POST".into(),
                         uri: "/api/v1/threads/t1/messages".into(),
                         headers: vec![("content-type".into(), b"application/json".to_vec())],
-                        body: br#"{"text":"offline take"}"#.to_vec(),
+                        body: bytes::Bytes::from_static(br#"{"text":"offline take"}"#),
                         idempotency_key: format!("k{n}"),
                         partition: "anon".into(),
                         route: "messages".into(),

@@ -386,7 +386,13 @@ fn reload_config(outpost: &Outpost, file: Option<&std::path::Path>, overrides: &
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Blocking work (file reads of large bodies, spool writes, synced commits) in at most 64 threads: each
+    // costs its stack and an allocator cache, and a burst of uploads must not make hundreds of them.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -65,6 +65,10 @@ pub struct Proxy {
     log_redact: Vec<String>,
     /// Bytes of write bodies held while they are read to be queued (one permit per byte).
     buffered: Arc<tokio::sync::Semaphore>,
+    /// Blocking disk work of the write path (spool pieces, queue commits) running at once: each waiting
+    /// one would otherwise hold a thread of the blocking pool (its stack and allocator cache), and 300
+    /// uploads at once took 300 threads and ~800 MiB.
+    disk: Arc<tokio::sync::Semaphore>,
     store: Arc<Store>,
     evictor: Arc<Evictor>,
     metrics: Arc<Metrics>,
@@ -91,6 +95,7 @@ impl Proxy {
             allow_purge: false,
             log_redact: reqlog::DEFAULT_REDACT.iter().map(|s| s.to_string()).collect(),
             buffered: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
+            disk: Arc::new(tokio::sync::Semaphore::new(write::DISK_TASKS)),
             forwarder,
             flow,
             outbox,

@@ -59,7 +59,7 @@ pub(super) fn fold(base: Option<(Option<String>, Vec<u8>)>, writes: &[OutboxReco
             return None;
         }
         state = Some(match w.method.as_str() {
-            "PUT" => Folded::Body(w.header("content-type").map(str::to_string), w.body.clone()),
+            "PUT" => Folded::Body(w.header("content-type").map(str::to_string), w.body.to_vec()),
             "DELETE" => Folded::Gone,
             "PATCH" if w.is_merge_patch() => {
                 let Some(Folded::Body(_, current)) = &state else {
@@ -300,7 +300,7 @@ mod tests {
         OutboxRecord {
             method: method.into(),
             headers: vec![("content-type".into(), ct.as_bytes().to_vec())],
-            body: body.as_bytes().to_vec(),
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
             ..Default::default()
         }
     }

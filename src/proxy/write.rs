@@ -73,22 +73,44 @@ impl Proxy {
         }
         let (parts, body) = req.into_parts();
         let mut body = body::boxed(body);
-        // Read up to max_body; a longer body without a declared length is streamed on, unqueueable. Past
-        // SPOOL_OVER the body goes to a spool file as it arrives, so memory holds one chunk at most.
+        // Read up to max_body; a longer body without a declared length is streamed on, unqueueable. A body
+        // longer than SPOOL_OVER goes to a spool file as it arrives (from its first byte when its length
+        // says so), so memory holds one piece at most; so does a body that finds `max_buffered_bodies`
+        // taken by others: it spills to disk rather than being refused (refused, 503, only without a
+        // spool: with encryption at rest).
+        let can_spool = self.outbox.spool().is_some();
+        let mut to_spool = can_spool && declared.is_some_and(|d| d > SPOOL_OVER as u64);
         let mut buf = bytes::BytesMut::new();
         let mut spooled: Option<SpoolWriter> = None;
         let mut total: u64 = 0;
         let mut overflow = None;
-        // What the buffer holds counts against max_buffered_bodies until it is spooled or answered.
+        // What the buffer holds counts against max_buffered_bodies until it is spooled or answered. A
+        // declared length is taken whole before reading, so no body holds part of the room while it
+        // waits for the rest.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let reserved = match declared.filter(|_| !to_spool) {
+            Some(d) => match self.reserve(d) {
+                Some(p) => {
+                    held = Some(p);
+                    buf.reserve(d as usize);
+                    true
+                }
+                None if can_spool => {
+                    to_spool = true;
+                    false
+                }
+                None => return Err(ProxyError::Overloaded),
+            },
+            None => false,
+        };
         let deadline = tokio::time::Instant::now() + self.body_read_timeout;
         let spool_failed = |e: std::io::Error| self.spool_failed(upstream, e);
         loop {
             // The whole-body deadline bounds how long memory is held; a spooled body holds none, so only
             // the pause limit (the IdleTimeout around the body) bounds it from then on.
-            let next = match spooled {
-                None => tokio::time::timeout_at(deadline, body.frame()).await,
-                Some(_) => Ok(body.frame().await),
+            let next = match to_spool {
+                false => tokio::time::timeout_at(deadline, body.frame()).await,
+                true => Ok(body.frame().await),
             };
             let frame = match next {
                 Err(_) => return Err(ProxyError::BodyTimeout),
@@ -108,42 +130,54 @@ impl Proxy {
                     break;
                 }
                 total += d.len() as u64;
-                let n = u32::try_from(d.len()).map_err(|_| ProxyError::Overloaded)?;
-                let permit = self
-                    .buffered
-                    .clone()
-                    .try_acquire_many_owned(n)
-                    .map_err(|_| ProxyError::Overloaded)?;
-                match &mut held {
-                    Some(h) => h.merge(permit),
-                    None => held = Some(permit),
-                }
-                buf.extend_from_slice(&d);
-                if buf.len() >= SPOOL_OVER {
-                    if let Some(spool) = self.outbox.spool() {
-                        let w = match spooled.take() {
-                            Some(w) => w,
-                            None => spool.begin().map_err(spool_failed)?,
-                        };
-                        spooled = Some(spool_chunk(w, buf.split().freeze()).await.map_err(spool_failed)?);
-                        held = None;
+                if !to_spool && !reserved {
+                    match self.reserve(d.len() as u64) {
+                        Some(p) => match &mut held {
+                            Some(h) => h.merge(p),
+                            None => held = Some(p),
+                        },
+                        None if can_spool => to_spool = true,
+                        None => return Err(ProxyError::Overloaded),
                     }
                 }
+                to_spool |= can_spool && buf.len() + d.len() >= SPOOL_OVER;
+                // A large piece going to disk is written as it came (no copy); small ones are gathered.
+                let direct = to_spool && buf.is_empty() && d.len() >= SPOOL_PIECE;
+                let d = match direct {
+                    true => Some(d),
+                    false => {
+                        buf.extend_from_slice(&d);
+                        None
+                    }
+                };
+                if let (true, Some(spool)) = (to_spool && (direct || buf.len() >= SPOOL_PIECE), self.outbox.spool()) {
+                    let mut w = match spooled.take() {
+                        Some(w) => w,
+                        None => spool.begin().map_err(spool_failed)?,
+                    };
+                    let piece = d.unwrap_or_else(|| buf.split().freeze());
+                    let w = self.on_disk(move || w.write(&piece).map(|_| w)).await;
+                    spooled = Some(w.map_err(spool_failed)?);
+                    held = None;
+                }
             }
+        }
+        if let (true, None, Some(spool)) = (to_spool, &spooled, self.outbox.spool()) {
+            // Spilled to disk with less than one piece read: the file is made below.
+            spooled = Some(spool.begin().map_err(spool_failed)?);
         }
         // A spooled body is made durable under its final name; from here on it is sent from the file.
         let file = match spooled {
             None => None,
             Some(w) => {
                 let rest = buf.split().freeze();
-                let done = tokio::task::spawn_blocking(move || {
-                    let mut w = w;
-                    w.write(&rest)?;
-                    w.finish()
-                })
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r);
+                let done = self
+                    .on_disk(move || {
+                        let mut w = w;
+                        w.write(&rest)?;
+                        w.finish()
+                    })
+                    .await;
                 let (name, _) = done.map_err(spool_failed)?;
                 Some(name)
             }
@@ -204,7 +238,7 @@ impl Proxy {
                 .iter()
                 .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect(),
-            body: bytes.to_vec(),
+            body: bytes.clone(),
             body_file: file.clone(),
             supersede: route.policy.supersede,
             idempotency_key: key.clone(),
@@ -252,6 +286,24 @@ impl Proxy {
         answer
     }
 
+    /// Runs blocking disk work of the write path off the runtime threads, at most [`DISK_TASKS`] at once
+    /// (the others wait here, as tasks, not as threads).
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let _permit = self.disk.acquire().await.map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// Takes `n` bytes of `max_buffered_bodies`, when that much is free.
+    fn reserve(&self, n: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        self.buffered.clone().try_acquire_many_owned(n).ok()
+    }
+
     /// A body that could not be spooled: the write is not queued, and the answer says why.
     fn spool_failed(&self, upstream: &Upstream, e: std::io::Error) -> ProxyError {
         let full = e.kind() == std::io::ErrorKind::StorageFull
@@ -282,7 +334,7 @@ impl Proxy {
     ) -> Answer {
         let outbox = self.outbox.clone();
         let file = item.body_file.clone();
-        let stored = match tokio::task::spawn_blocking(move || outbox.enqueue(item)).await {
+        let stored = match self.on_disk(move || Ok(outbox.enqueue(item))).await {
             Ok(r) => r,
             Err(e) => Err(QueueError::Batch(e.to_string())),
         };
@@ -320,15 +372,17 @@ impl Proxy {
     }
 }
 
-/// Bodies longer than this go to a spool file as they arrive (a recorded take, an exported mix).
-const SPOOL_OVER: usize = 1 << 20;
+/// Bodies longer than this go to a spool file as they arrive (a recorded take, an exported mix): a
+/// RocksDB value of its own would be copied several times on its way to disk (the batch, the memtable),
+/// and many at once would take hundreds of MiB.
+const SPOOL_OVER: usize = 256 << 10;
 
-/// Appends `chunk` to a spool file off the runtime threads.
-async fn spool_chunk(mut w: SpoolWriter, chunk: Bytes) -> std::io::Result<SpoolWriter> {
-    tokio::task::spawn_blocking(move || w.write(&chunk).map(|_| w))
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-}
+/// Blocking disk tasks of the write path at once (see `Proxy::disk`). Queue commits group the writes
+/// that wait for the commit lock, so this many writers still fill a batch.
+pub(super) const DISK_TASKS: usize = 32;
+
+/// A body going to a spool file is written in pieces of about this size (one piece in memory at most).
+const SPOOL_PIECE: usize = 64 << 10;
 
 /// A fresh random Idempotency-Key (128 bits, hex).
 fn new_idempotency_key() -> String {

@@ -1,8 +1,11 @@
-//! The outbox record format: one queued request with its delivery state, stored as JSON (the body as
-//! base64) through the store's opaque, synced, optionally sealed `outbox` records.
+//! The outbox record format: one queued request with its delivery state, stored through the store's
+//! synced, optionally sealed `outbox` records as a JSON head followed by the body's raw bytes (framed by
+//! `store::frame_outbox_record`). The body is never base64'd or copied into a JSON string: a 256 KiB body
+//! costs one value of that size, built in one allocation. Records written before this format (JSON with
+//! the body as base64) read the same.
 
 use base64::Engine;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::store::{Store, StoreError};
 
@@ -46,9 +49,10 @@ pub struct OutboxRecord {
     pub uri: String,
     /// Request headers as sent by the app (plus the Idempotency-Key).
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Request body (empty when it is spooled).
-    #[serde(serialize_with = "ser_b64", deserialize_with = "de_b64")]
-    pub body: Vec<u8>,
+    /// Request body (empty when it is spooled). Shared, so cloning a record copies no body. Not in the
+    /// JSON head: it follows it raw (older records carry it there as base64).
+    #[serde(default, skip_serializing, deserialize_with = "de_b64")]
+    pub body: bytes::Bytes,
     /// A later PUT or DELETE to the same target replaces this one while it waits (route `supersede`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub supersede: bool,
@@ -84,14 +88,11 @@ pub struct OutboxRecord {
     pub response: Option<(u16, String)>,
 }
 
-fn ser_b64<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
-}
-
-fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
     let s = String::deserialize(d)?;
     base64::engine::general_purpose::STANDARD
         .decode(s)
+        .map(bytes::Bytes::from)
         .map_err(serde::de::Error::custom)
 }
 
@@ -113,15 +114,25 @@ impl OutboxRecord {
                 .is_some_and(crate::media::merge::is_merge_patch_type)
     }
 
+    /// The stored form: the JSON head (everything but the body) and the raw body, framed by the store.
     fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(self).map_err(|e| StoreError::Corrupt {
-            cf: "outbox",
-            reason: e.to_string(),
-        })
+        let corrupt = |reason: String| StoreError::Corrupt { cf: "outbox", reason };
+        let head = serde_json::to_vec(self).map_err(|e| corrupt(e.to_string()))?;
+        crate::store::frame_outbox_record(&head, &self.body).ok_or_else(|| corrupt("record head over 4 GiB".into()))
     }
 
     pub(super) fn decode(seq: u64, bytes: &[u8]) -> Option<OutboxRecord> {
-        match serde_json::from_slice(bytes) {
+        let parsed = match crate::store::split_outbox_record(bytes) {
+            Some((head, Some(body))) => serde_json::from_slice::<OutboxRecord>(head)
+                .map(|r| OutboxRecord {
+                    body: bytes::Bytes::copy_from_slice(body),
+                    ..r
+                })
+                .map_err(|e| e.to_string()),
+            Some((all, None)) => serde_json::from_slice(all).map_err(|e| e.to_string()),
+            None => Err(format!("record of {} bytes cut inside its head", bytes.len())),
+        };
+        match parsed {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(seq, error = %e, "undecodable outbox record skipped");
@@ -159,4 +170,51 @@ pub(super) fn get(store: &Store, seq: u64) -> Result<Option<OutboxRecord>, Store
     Ok(store
         .outbox_get(seq)?
         .and_then(|bytes| OutboxRecord::decode(seq, &bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(body: &[u8]) -> OutboxRecord {
+        OutboxRecord {
+            id: "q7".into(),
+            seq: 7,
+            method: "POST".into(),
+            uri: "/api/v1/takes".into(),
+            headers: vec![("content-type".into(), b"audio/wav".to_vec())],
+            body: bytes::Bytes::copy_from_slice(body),
+            idempotency_key: "k".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_keep_their_raw_body_after_a_json_head_and_older_base64_records_still_read() {
+        let body: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let it = item(&body);
+        let stored = it.encode().unwrap();
+        assert_eq!(stored[0], 0xB1);
+        assert!(
+            stored.len() < body.len() + 1_000,
+            "the body is stored once, raw: {}",
+            stored.len()
+        );
+        assert_eq!(OutboxRecord::decode(7, &stored).unwrap(), it);
+        assert_eq!(
+            OutboxRecord::decode(7, &item(b"").encode().unwrap()).unwrap(),
+            item(b"")
+        );
+
+        // A record as earlier versions wrote it: JSON, the body as base64.
+        let mut old = serde_json::to_value(&it).unwrap();
+        old["body"] = base64::engine::general_purpose::STANDARD.encode(&body).into();
+        let old = serde_json::to_vec(&old).unwrap();
+        assert_eq!(OutboxRecord::decode(7, &old).unwrap(), it);
+
+        // Cut inside the tag, the length or the head: skipped, never a panic.
+        for cut in [1, 3, 5, 20] {
+            assert!(OutboxRecord::decode(7, &stored[..cut]).is_none(), "cut at {cut}");
+        }
+    }
 }

@@ -35,7 +35,7 @@ impl Spool {
         let tmp = self.dir.join("tmp").join(&name);
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         Ok(SpoolWriter {
-            file: io::BufWriter::with_capacity(256 << 10, file),
+            file: io::BufWriter::with_capacity(64 << 10, file),
             tmp,
             dest: self.dir.join(&name),
             name,

@@ -70,7 +70,7 @@ impl Outbox {
                 let Some(body) = combined_patch(&old, new) else {
                     continue;
                 };
-                new.body = body;
+                new.body = body.into();
                 // The stored length was the app's; the body's own length goes out with it.
                 new.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-length"));
             }
@@ -131,7 +131,7 @@ mod tests {
         OutboxRecord {
             method: "PUT".into(),
             uri: uri.into(),
-            body: body.as_bytes().to_vec(),
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
             partition: "sub:alice".into(),
             route: "notes".into(),
             supersede,
@@ -165,10 +165,7 @@ mod tests {
         // b sits where a was (before /n/2's write); a is kept as superseded by b.
         let heads = outbox.line_heads().unwrap();
         assert_eq!(heads.len(), 1);
-        assert_eq!(
-            (heads[0].id.as_str(), heads[0].body.as_slice()),
-            (b.as_str(), &b"b"[..])
-        );
+        assert_eq!((heads[0].id.as_str(), &heads[0].body[..]), (b.as_str(), &b"b"[..]));
         let all = states(&outbox);
         assert!(all.contains(&(a.clone(), "superseded", String::new())), "{all:?}");
         assert_eq!(outbox.depth(), 2);

@@ -31,6 +31,7 @@ pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained, StoredHeaders};
 pub use health::{watch as watch_health, Trouble};
 pub use memory::MemoryStorage;
+pub use outbox::{frame_outbox_record, split_outbox_record};
 pub use pins::PinSet;
 pub use salvage::Salvaged;
 pub use seam::{Budget, Commit, DiskStorage, FillSink, Storage, Unbounded};

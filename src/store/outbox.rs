@@ -1,6 +1,7 @@
 //! The durable outbox's storage: queued requests in the `outbox` column family, keyed by sequence number,
-//! as opaque records (their format belongs to `queue`). Every write here is synced: a request is
-//! acknowledged to the app only after `outbox_put` returned.
+//! as records framed here ([`frame_outbox_record`]: a head, whose JSON belongs to `queue`, and the raw
+//! body). Every write here is synced: a request is acknowledged to the app only after `outbox_put`
+//! returned.
 
 use rocksdb::WriteOptions;
 
@@ -8,6 +9,36 @@ use super::{Store, StoreError};
 
 /// `meta` key of the highest outbox sequence number given out.
 const SEQ_MARK: &[u8] = b"outbox-seq-high";
+
+/// First byte of a record framed as head + raw body (records written before are all JSON: `{`).
+const FRAMED: u8 = 0xB1;
+
+/// Frames an outbox record in one allocation of its exact size: [`FRAMED`], the head's length (u32,
+/// little-endian), the head, the body. The body is never base64'd or copied into the head. `None` for a
+/// head over 4 GiB.
+pub fn frame_outbox_record(head: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(head.len()).ok()?;
+    let mut out = Vec::with_capacity(5 + head.len() + body.len());
+    out.push(FRAMED);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+/// A stored record's head and raw body; a record of the older form is all head (its body inside, as
+/// base64). `None` when the record is cut inside its tag, length or head.
+pub fn split_outbox_record(plain: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    match plain.split_first() {
+        Some((&FRAMED, rest)) => {
+            let (len, rest) = rest.split_at_checked(4)?;
+            let len = u32::from_le_bytes(<[u8; 4]>::try_from(len).ok()?);
+            let (head, body) = rest.split_at_checked(usize::try_from(len).ok()?)?;
+            Some((head, Some(body)))
+        }
+        _ => Some((plain, None)),
+    }
+}
 
 fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();

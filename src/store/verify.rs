@@ -180,9 +180,11 @@ impl Store {
         for item in self.scan("outbox") {
             let (k, v) = item?;
             report.outbox_items += 1;
-            let readable = self
-                .open_outbox_value(&k, &v)
-                .is_ok_and(|r| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&r).is_ok());
+            let readable = self.open_outbox_value(&k, &v).is_ok_and(|r| {
+                super::outbox::split_outbox_record(&r).is_some_and(|(head, _)| {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(head).is_ok()
+                })
+            });
             if !readable {
                 report.undecodable_outbox_items += 1;
                 tracing::error!(key = ?k, "undecodable outbox record (kept; needs a person)");
