@@ -50,10 +50,16 @@ impl Backend {
         }
     }
 
-    fn down(&self) {
+    async fn down(&self) {
         // The accept loop owns the listener: ending it closes the port; kept-alive connections go too.
-        for task in self.tasks.lock().unwrap().drain(..) {
+        // Waited for, so the sockets are closed before the test goes on (an abort takes effect later, and a
+        // request sent on a connection the backend drops unanswered is rightly a 502, not queued).
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for task in &tasks {
             task.abort();
+        }
+        while !tasks.iter().all(|t| t.is_finished()) {
+            tokio::task::yield_now().await;
         }
     }
 
@@ -310,7 +316,7 @@ async fn offline_reads_show_the_users_own_queued_writes_and_then_the_servers_tru
     let stored = call(&client, &outpost, Method::GET, "/api/v1/notes/1", "alice", json, "").await;
     assert_eq!(stored.json(), serde_json::json!({"title":"old","n":1}));
 
-    backend.down();
+    backend.down().await;
     let patch = call(
         &client,
         &outpost,
