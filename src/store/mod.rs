@@ -49,8 +49,14 @@ pub fn key_partition(key: &[u8]) -> &[u8] {
     }
 }
 
-/// Layout version written in `meta`; bump on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Layout version written in `meta`; bump on incompatible changes. 2: queue records may be framed as a
+/// head and a raw body (`outbox::frame_outbox_record`), which builds reading 1 would skip as undecodable,
+/// losing queued writes; so they are told to refuse the data dir instead.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Older versions this build reads and upgrades in place (nothing stored changes; only newer builds can
+/// read what it writes from then on).
+const SCHEMA_UPGRADES_FROM: [&[u8]; 1] = [b"1"];
 
 /// Memory for hot answers until [`Store::set_memory`] says otherwise (`[cache] memory`).
 pub const DEFAULT_MEMORY: usize = 64 << 20;
@@ -322,6 +328,11 @@ fn check_schema(db: &DB, dir: &Path) -> Result<bool, StoreError> {
             Ok(true)
         }
         Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(false),
+        Some(v) if SCHEMA_UPGRADES_FROM.contains(&&v[..]) => {
+            put_synced(db, SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            tracing::info!(from = %String::from_utf8_lossy(&v), to = SCHEMA_VERSION, "data dir layout upgraded");
+            Ok(false)
+        }
         Some(v) => Err(StoreError::Schema {
             dir: dir.to_path_buf(),
             found: String::from_utf8_lossy(&v).into_owned(),
@@ -369,5 +380,22 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let e = super::Store::open(&file).err().unwrap().to_string();
         assert!(e.contains("is a file, not a directory"), "{e}");
+    }
+
+    #[test]
+    fn an_older_layout_is_upgraded_in_place_and_an_unknown_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = |v: &[u8]| {
+            let store = super::Store::open(dir.path()).unwrap();
+            super::put_synced(&store.db, super::SCHEMA_KEY, v).unwrap();
+        };
+        set(b"1");
+        let store = super::Store::open(dir.path()).expect("a version-1 data dir opens");
+        let now = store.db.get_cf(super::meta(&store.db), super::SCHEMA_KEY).unwrap();
+        assert_eq!(now.as_deref(), Some(super::SCHEMA_VERSION.to_string().as_bytes()));
+        drop(store);
+        set(b"9");
+        let e = super::Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("schema version 9, this build reads 2"), "{e}");
     }
 }
