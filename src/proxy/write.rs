@@ -78,7 +78,8 @@ impl Proxy {
         // says so), so memory holds one piece at most; so does a body that finds `max_buffered_bodies`
         // taken by others: it spills to disk rather than being refused (refused, 503, only without a
         // spool: with encryption at rest).
-        let can_spool = self.outbox.spool().is_some();
+        let spool = self.outbox.spool();
+        let can_spool = spool.is_some();
         let mut to_spool = can_spool && declared.is_some_and(|d| d > SPOOL_OVER as u64);
         let mut buf = bytes::BytesMut::new();
         let mut spooled: Option<SpoolWriter> = None;
@@ -150,7 +151,7 @@ impl Proxy {
                         None
                     }
                 };
-                if let (true, Some(spool)) = (to_spool && (direct || buf.len() >= SPOOL_PIECE), self.outbox.spool()) {
+                if let (true, Some(spool)) = (to_spool && (direct || buf.len() >= SPOOL_PIECE), spool) {
                     let mut w = match spooled.take() {
                         Some(w) => w,
                         None => spool.begin().map_err(spool_failed)?,
@@ -162,7 +163,7 @@ impl Proxy {
                 }
             }
         }
-        if let (true, None, Some(spool)) = (to_spool, &spooled, self.outbox.spool()) {
+        if let (true, None, Some(spool)) = (to_spool, &spooled, spool) {
             // Spilled to disk with less than one piece read: the file is made below.
             spooled = Some(spool.begin().map_err(spool_failed)?);
         }
@@ -182,7 +183,7 @@ impl Proxy {
                 Some(name)
             }
         };
-        let spool_path = |name: &str| self.outbox.spool().and_then(|s| s.path(name));
+        let spool_path = |name: &str| spool.and_then(|s| s.path(name));
         let open_body = |bytes: Bytes| {
             let path = file.as_deref().and_then(spool_path);
             async move {
@@ -193,7 +194,7 @@ impl Proxy {
             }
         };
         let forget_file = || {
-            if let (Some(spool), Some(name)) = (self.outbox.spool(), file.as_deref()) {
+            if let (Some(spool), Some(name)) = (spool, file.as_deref()) {
                 spool.remove(name);
             }
         };
