@@ -22,9 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = format!("{{\"pad\":\"{c:0>1014}\"}}");
         let mut w = store.blobs().begin()?;
         w.write(body.as_bytes())?;
-        small.push(store.blobs().finish(w)?);
+        let inline = w.take_inline();
+        small.push((store.blobs().finish(w)?, inline));
     }
-    let mut bigs = Vec::new();
+    let mut bigs: Vec<(outpost::store::BlobId, Option<bytes::Bytes>)> = Vec::new();
     for b in 0..big {
         let mut w = store.blobs().begin()?;
         let chunk = blake3::hash(&(b as u64).to_le_bytes())
@@ -37,11 +38,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             w.write(&chunk[..n])?;
             left -= n;
         }
-        bigs.push(store.blobs().finish(w)?);
+        bigs.push((store.blobs().finish(w)?, None));
     }
     let total = entries.max(big);
     for i in 0..total {
-        let (path, blob) = if i < big {
+        let (path, (blob, inline)) = if i < big {
             (format!("/api/v1/sized/5242880?i={i}"), &bigs[i])
         } else {
             (format!("/api/v1/sized/1024?i={i}"), &small[i % small.len()])
@@ -58,7 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             http::HeaderValue::from_static("public, max-age=86400"),
         );
         h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(blob.size));
-        let entry = Entry::stored(200, &h, blob, now, ("api".into(), "api".into(), path.clone()));
+        // A fill keeps a small body's copy with its entry; so does this.
+        let mut entry = Entry::stored(200, &h, blob, now, ("api".into(), "api".into(), path.clone()));
+        entry.inline = inline.clone();
         store.commit_entry(&k, &k, &[], &entry, blob)?;
     }
     store.flush()?;

@@ -20,6 +20,7 @@ pub fn verify_report(r: &VerifyReport, temp_files: usize) -> String {
         ("missing blobs", r.missing_blobs),
         ("entries without a body", r.entries_without_body),
         ("undecodable entries", r.undecodable_entries),
+        ("corrupt inline bodies", r.corrupt_inline_bodies),
         ("wrong refcounts", r.refcounts_wrong),
         ("stale index keys", r.stale_index_keys),
         ("undecodable queued writes (kept)", r.undecodable_outbox_items),

@@ -175,6 +175,7 @@ pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Resul
                 progress(n as u64);
             }
             report.bytes += w.len();
+            let inline = w.take_inline();
             let blob = store.blobs().finish(w).map_err(|e| e.to_string())?;
             if let Ok(Lookup::Entry(e)) = store.lookup(&k) {
                 if e.blob == blob.hash {
@@ -198,7 +199,8 @@ pub fn import(config: &Config, rows: &[MapRow], progress: &dyn Fn(u64)) -> Resul
             if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(mtime)) {
                 h.insert(header::LAST_MODIFIED, v);
             }
-            let entry = Entry::stored(200, &h, &blob, ms, (kind.clone(), route.clone(), row.url.clone()));
+            let mut entry = Entry::stored(200, &h, &blob, ms, (kind.clone(), route.clone(), row.url.clone()));
+            entry.inline = inline;
             let new_blob = store
                 .commit_entry(&k, &k, &[], &entry, &blob)
                 .map_err(|e| e.to_string())?;

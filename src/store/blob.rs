@@ -110,11 +110,18 @@ pub const HOT_BLOB_MAX: u64 = 256 * 1024;
 /// Memory for hot blobs until [`BlobStore::set_hot_bytes`] says otherwise.
 const HOT_BYTES: usize = 8 << 20;
 
+/// Bodies up to this size are also kept inside their entry's record (see [`crate::store::Entry::inline`]):
+/// a hit on one reads one RocksDB record and opens no file. Small enough that scans of the `entries`
+/// family stay cheap; large enough for typical JSON answers (messages, library pages, media heads).
+pub const INLINE_MAX: u64 = 8 * 1024;
+
 /// A blob being written. Dropping it without [`BlobWriter::finish`] deletes the temp file.
 pub struct BlobWriter {
     file: tempfile::NamedTempFile,
     hasher: blake3::Hasher,
     size: u64,
+    /// The plaintext so far while it is no longer than [`INLINE_MAX`] (then `None` for good).
+    inline: Option<Vec<u8>>,
     fail: Arc<std::sync::atomic::AtomicBool>,
     seal: Option<Sealing>,
 }
@@ -168,7 +175,18 @@ impl BlobWriter {
         }
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
+        if self.size > INLINE_MAX {
+            self.inline = None;
+        } else if let Some(v) = &mut self.inline {
+            v.extend_from_slice(bytes);
+        }
         Ok(())
+    }
+
+    /// The whole body when it is no longer than [`INLINE_MAX`], for its entry record to keep a copy of.
+    /// Only meaningful once every byte is written.
+    pub fn take_inline(&mut self) -> Option<bytes::Bytes> {
+        self.inline.take().filter(|v| !v.is_empty()).map(bytes::Bytes::from)
     }
 
     /// Bytes written so far.
@@ -273,6 +291,7 @@ impl BlobStore {
                 Some(a) => a.name_hasher(),
             },
             size: 0,
+            inline: Some(Vec::new()),
             fail: self.fail_writes.clone(),
             seal,
         })
@@ -302,6 +321,7 @@ impl BlobStore {
             size,
             fail,
             seal,
+            inline: _,
         } = w;
         injected(&fail)?;
         let hash = hasher.finalize().to_hex().to_string();
@@ -328,6 +348,16 @@ impl BlobStore {
         file.persist(&dest).map_err(|e| e.error)?;
         crate::platform::sync_dir(dir)?;
         Ok(BlobId { hash, size })
+    }
+
+    /// The name (hash) a blob of exactly `bytes` has in this store: BLAKE3, keyed when sealed.
+    pub fn name_of(&self, bytes: &[u8]) -> String {
+        let mut h = match &self.at_rest {
+            None => blake3::Hasher::new(),
+            Some(a) => a.name_hasher(),
+        };
+        h.update(bytes);
+        h.finalize().to_hex().to_string()
     }
 
     /// Opens a blob for reading.
@@ -423,7 +453,8 @@ impl BlobStore {
             };
         }
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
+        // Sized to the blob: a zeroed 256 KiB buffer for a 1 KiB body cost more than hashing it.
+        let mut buf = vec![0u8; id.size.clamp(1, 256 * 1024) as usize];
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {

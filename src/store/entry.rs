@@ -42,6 +42,12 @@ pub struct Entry {
     /// The body was dropped by per-group retention; the head is kept as metadata and never served.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_dropped: bool,
+    /// A copy of the body when it is at most [`super::INLINE_MAX`] bytes, kept in the entry's record
+    /// after its JSON (not inside it): a hit reads one record and opens no file. The blob stays the
+    /// body's reference (refcounts, eviction, export, ranges over large bodies); the copy is checked
+    /// against the blob's hash whenever the record is read from disk. Absent in older records.
+    #[serde(skip)]
+    pub inline: Option<bytes::Bytes>,
 }
 
 impl Entry {
@@ -67,6 +73,7 @@ impl Entry {
             invalidated: false,
             group: None,
             body_dropped: false,
+            inline: None,
         };
         e.set_headers(headers);
         e
@@ -163,6 +170,10 @@ pub struct BlobRecord {
     pub refcount: u64,
 }
 
+/// First byte of an `entries` value framed as the record's JSON + the entry's inline body (values
+/// without one are plain JSON and start with `{`).
+const INLINE_FRAMED: u8 = 0xB2;
+
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) enum Record {
     Entry(Entry),
@@ -222,11 +233,19 @@ impl Store {
             return Ok(None);
         };
         let decoded = match self.unseal(key, &bytes) {
-            Some(plain) => serde_json::from_slice::<Record>(&plain).map_err(|e| e.to_string()),
+            Some(plain) => Self::decode_plain(&plain),
             None => Err("failed authentication".to_string()),
         };
         match decoded {
-            Ok(r) => {
+            Ok(mut r) => {
+                // What a hit serves is checked as a blob is before its first use; a copy that does not
+                // match is left out (the blob, verified on its own, answers instead).
+                if let Record::Entry(e) = &mut r {
+                    if e.inline.as_ref().is_some_and(|b| self.blobs().name_of(b) != e.blob) {
+                        tracing::warn!(blob = %e.blob, "the body kept with a cache entry does not match its hash; ignored");
+                        e.inline = None;
+                    }
+                }
                 let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
                 if c.gen == gen {
                     c.put(key.to_vec(), r.clone());
@@ -286,14 +305,40 @@ impl Store {
         serde_json::to_vec(v).unwrap_or_default()
     }
 
-    /// An `entries` value as stored (sealed when encrypted).
+    /// An `entries` value as stored (sealed when encrypted): the record's JSON, framed with the entry's
+    /// inline body when it has one.
     pub(super) fn encode_record(&self, key: &[u8], r: &Record) -> Vec<u8> {
-        self.seal(key, Self::encode(r))
+        let json = Self::encode(r);
+        let plain = match r {
+            Record::Entry(Entry { inline: Some(b), .. }) => {
+                super::frame::frame(INLINE_FRAMED, &json, b).unwrap_or(json)
+            }
+            _ => json,
+        };
+        self.seal(key, plain)
+    }
+
+    /// A plain (unsealed) `entries` value: JSON, or JSON framed with an inline body (kept only when its
+    /// length is the entry's size).
+    fn decode_plain(plain: &[u8]) -> Result<Record, String> {
+        let (head, body) = super::frame::split(INLINE_FRAMED, plain).ok_or("record cut short")?;
+        let mut r: Record = serde_json::from_slice(head).map_err(|e| e.to_string())?;
+        if let (Record::Entry(e), Some(b)) = (&mut r, body) {
+            if b.len() as u64 == e.size && !e.body_dropped {
+                e.inline = Some(bytes::Bytes::copy_from_slice(b));
+            }
+        }
+        Ok(r)
     }
 
     /// An `entries` value read back; `None` if it is undecodable or fails authentication.
     pub(super) fn decode_record(&self, key: &[u8], stored: &[u8]) -> Option<Record> {
-        serde_json::from_slice(&self.unseal(key, stored)?).ok()
+        Self::decode_plain(&self.unseal(key, stored)?).ok()
+    }
+
+    /// True when a stored (unsealed) `entries` value is an entry rather than a `Vary` list.
+    pub(super) fn is_entry_value(v: &[u8]) -> bool {
+        v.starts_with(b"{\"Entry\"") || v.first() == Some(&INLINE_FRAMED)
     }
 
     /// Commits `entry` at `key` (and the `Vary` field list at `primary` when it differs), pointing at the
@@ -509,6 +554,7 @@ impl Store {
                 RetainDrop::Body => {
                     e.body_dropped = true;
                     e.blob = String::new();
+                    e.inline = None;
                     batch.put_cf(
                         self.cf("entries"),
                         entry_key,
@@ -574,7 +620,7 @@ impl Store {
             let is_entry = if self.encrypted() {
                 matches!(self.decode_record(&k, &v), Some(Record::Entry(_)))
             } else {
-                v.starts_with(b"{\"Entry\"")
+                Self::is_entry_value(&v)
             };
             if is_entry {
                 entries += 1;

@@ -10,6 +10,7 @@
 mod blob;
 mod crypt;
 mod entry;
+mod frame;
 mod health;
 mod memory;
 mod outbox;
@@ -26,7 +27,7 @@ use std::sync::Mutex;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
-pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX};
+pub use blob::{BlobId, BlobStore, BlobWriter, HOT_BLOB_MAX, INLINE_MAX};
 pub use crypt::{parse_key, AtRest, KeyError, CHUNK as SEALED_CHUNK};
 pub use entry::{BlobRecord, Entry, Lookup, RetainDrop, Retained, StoredHeaders};
 pub use health::{watch as watch_health, Trouble};
@@ -51,12 +52,14 @@ pub fn key_partition(key: &[u8]) -> &[u8] {
 
 /// Layout version written in `meta`; bump on incompatible changes. 2: queue records may be framed as a
 /// head and a raw body (`outbox::frame_outbox_record`), which builds reading 1 would skip as undecodable,
-/// losing queued writes; so they are told to refuse the data dir instead.
-pub const SCHEMA_VERSION: u32 = 2;
+/// losing queued writes; so they are told to refuse the data dir instead. 3: `entries` values may be
+/// framed as the record's JSON and the entry's inline body, which builds reading 2 would skip (leaving
+/// blob references they can never release).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Older versions this build reads and upgrades in place (nothing stored changes; only newer builds can
 /// read what it writes from then on).
-const SCHEMA_UPGRADES_FROM: [&[u8]; 1] = [b"1"];
+const SCHEMA_UPGRADES_FROM: [&[u8]; 2] = [b"1", b"2"];
 
 /// Memory for hot answers until [`Store::set_memory`] says otherwise (`[cache] memory`).
 pub const DEFAULT_MEMORY: usize = 64 << 20;
@@ -288,11 +291,17 @@ fn db_options(cache: &rocksdb::Cache) -> (Options, Vec<ColumnFamilyDescriptor>) 
     table.set_block_cache(cache);
     // Point lookups (every cache hit not in the record cache) skip files that cannot hold the key.
     table.set_bloom_filter(10.0, false);
-    let cf_opts = || {
+    let cf_opts = |name: &str| {
         let mut o = Options::default();
         o.set_block_based_table_factory(&table);
         o.set_write_buffer_size(4 << 20);
         o.set_max_write_buffer_number(2);
+        if name == "entries" {
+            // Records carry small bodies inline (JSON, already compact on the wire): a block read on a
+            // cache miss is served without decompressing it (measured: about 7 % of a hit's CPU at
+            // 100k distinct URLs went to LZ4 and its copies).
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+        }
         o
     };
     opts.set_block_based_table_factory(&table);
@@ -303,7 +312,7 @@ fn db_options(cache: &rocksdb::Cache) -> (Options, Vec<ColumnFamilyDescriptor>) 
     // Named, or the crate adds "default" with RocksDB's 64 MB memtable.
     let cfs = std::iter::once(&"default")
         .chain(COLUMN_FAMILIES.iter())
-        .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()))
+        .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts(n)))
         .collect();
     (opts, cfs)
 }
@@ -389,13 +398,14 @@ mod tests {
             let store = super::Store::open(dir.path()).unwrap();
             super::put_synced(&store.db, super::SCHEMA_KEY, v).unwrap();
         };
-        set(b"1");
-        let store = super::Store::open(dir.path()).expect("a version-1 data dir opens");
-        let now = store.db.get_cf(super::meta(&store.db), super::SCHEMA_KEY).unwrap();
-        assert_eq!(now.as_deref(), Some(super::SCHEMA_VERSION.to_string().as_bytes()));
-        drop(store);
+        for old in [&b"1"[..], b"2"] {
+            set(old);
+            let store = super::Store::open(dir.path()).expect("an older data dir opens");
+            let now = store.db.get_cf(super::meta(&store.db), super::SCHEMA_KEY).unwrap();
+            assert_eq!(now.as_deref(), Some(super::SCHEMA_VERSION.to_string().as_bytes()));
+        }
         set(b"9");
         let e = super::Store::open(dir.path()).err().unwrap().to_string();
-        assert!(e.contains("schema version 9, this build reads 2"), "{e}");
+        assert!(e.contains("schema version 9, this build reads 3"), "{e}");
     }
 }

@@ -17,27 +17,13 @@ const FRAMED: u8 = 0xB1;
 /// little-endian), the head, the body. The body is never base64'd or copied into the head. `None` for a
 /// head over 4 GiB.
 pub fn frame_outbox_record(head: &[u8], body: &[u8]) -> Option<Vec<u8>> {
-    let len = u32::try_from(head.len()).ok()?;
-    let mut out = Vec::with_capacity(5 + head.len() + body.len());
-    out.push(FRAMED);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(head);
-    out.extend_from_slice(body);
-    Some(out)
+    super::frame::frame(FRAMED, head, body)
 }
 
 /// A stored record's head and raw body; a record of the older form is all head (its body inside, as
 /// base64). `None` when the record is cut inside its tag, length or head.
 pub fn split_outbox_record(plain: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
-    match plain.split_first() {
-        Some((&FRAMED, rest)) => {
-            let (len, rest) = rest.split_at_checked(4)?;
-            let len = u32::from_le_bytes(<[u8; 4]>::try_from(len).ok()?);
-            let (head, body) = rest.split_at_checked(usize::try_from(len).ok()?)?;
-            Some((head, Some(body)))
-        }
-        _ => Some((plain, None)),
-    }
+    super::frame::split(FRAMED, plain)
 }
 
 fn synced() -> WriteOptions {

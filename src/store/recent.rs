@@ -23,7 +23,8 @@ fn weight(key: &[u8], r: &Record) -> usize {
                 .iter()
                 .map(|(n, v)| n.as_str().len() + v.len() + 48)
                 .sum();
-            headers + e.blob.len() + e.kind.len() + e.route.len() + e.url.len() + 256
+            let inline = e.inline.as_ref().map_or(0, |b| b.len());
+            headers + inline + e.blob.len() + e.kind.len() + e.route.len() + e.url.len() + 256
         }
         Record::Vary(fields) => fields.iter().map(|f| f.len() + 32).sum::<usize>() + 64,
     };

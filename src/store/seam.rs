@@ -141,8 +141,11 @@ impl Storage for DiskStorage {
             .into_any()
             .downcast::<BlobWriter>()
             .map_err(|_| StoreError::Blob(io::Error::other("a fill from another storage")))?;
-        let blob = self.0.blobs().finish(*writer)?;
+        let mut writer = *writer;
+        let inline = writer.take_inline();
+        let blob = self.0.blobs().finish(writer)?;
         let mut entry = c.entry;
+        entry.inline = inline;
         entry.blob = blob.hash.clone();
         entry.size = blob.size;
         let new_blob = self.0.commit_entry(c.primary, c.key, c.vary_fields, &entry, &blob)?;
@@ -185,6 +188,10 @@ impl Storage for DiskStorage {
         let sealed = blobs.sealed();
         Ok(if len == 0 {
             body::empty()
+        } else if let Some(all) = entry.inline.as_ref().filter(|b| b.len() as u64 == size) {
+            // Kept with the entry (checked against the blob's hash when the record was read).
+            let end = (start + len).min(size);
+            body::full(all.slice(start.min(end) as usize..end as usize))
         } else if size <= MAPPED_MIN || (sealed && size <= super::HOT_BLOB_MAX) {
             // Small answers come from memory once read (content-addressed bytes never change).
             let all = blobs.read_small(&entry.blob, size)?;

@@ -4,7 +4,7 @@
 //! blob it points at, every refcount against the entries that really reference the blob, the retention
 //! index against the entries, and that every outbox record decodes. Repair deletes what cannot be
 //! trusted (corrupt or orphan blob files, entries whose body is gone, undecodable entries, stale index
-//! keys) and rewrites refcounts; an entry dropped here is only a future cache miss. Outbox records are
+//! keys, inline body copies that do not match their blob) and rewrites refcounts; an entry dropped here is only a future cache miss. Outbox records are
 //! never deleted: they are the user's writes, so an undecodable one is reported for a person to look at.
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +33,9 @@ pub struct VerifyReport {
     pub entries_without_body: u64,
     /// Entries that do not decode.
     pub undecodable_entries: u64,
+    /// Entries whose inline copy of their body does not hash to their blob (repair drops the copy; the
+    /// blob file answers).
+    pub corrupt_inline_bodies: u64,
     /// Blob records whose refcount differed from the entries that reference them.
     pub refcounts_wrong: u64,
     /// Retention-index keys pointing at no entry.
@@ -49,6 +52,7 @@ impl VerifyReport {
             + self.missing_blobs
             + self.entries_without_body
             + self.undecodable_entries
+            + self.corrupt_inline_bodies
             + self.refcounts_wrong
             + self.stale_index_keys
             + self.undecodable_outbox_items
@@ -127,6 +131,12 @@ impl Store {
                     if good.contains(&e.blob) {
                         *refs.entry(e.blob.clone()).or_default() += 1;
                         entry_keys.insert(k.to_vec());
+                        if e.inline.as_ref().is_some_and(|b| self.blobs.name_of(b) != e.blob) {
+                            report.corrupt_inline_bodies += 1;
+                            let mut e = e;
+                            e.inline = None;
+                            batch.put_cf(self.cf("entries"), &k, self.encode_record(&k, &Record::Entry(e)));
+                        }
                     } else {
                         report.entries_without_body += 1;
                         batch.delete_cf(self.cf("entries"), &k);
