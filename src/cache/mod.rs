@@ -331,12 +331,10 @@ impl Cache {
     /// that fails is deleted along with the entry, and the hit becomes a miss.
     async fn ensure_verified(&self, hit: &Hit) -> Result<(), CacheError> {
         let hash = &hit.entry.blob;
-        if self.verify_on_read {
-            // Checked on every use, the copy kept with the entry as well as the file.
-        } else if hit.entry.inline.is_some() {
-            // A body kept with its entry was checked against its hash when the record was read.
-            return Ok(());
-        } else if self.verified.lock().map(|s| s.contains(hash)).unwrap_or(false) {
+        // A body kept with its entry was checked against its hash when the record was read; with
+        // `verify_on_read` the file is checked on every use all the same.
+        let known_good = hit.entry.inline.is_some() || self.verified.lock().map(|s| s.contains(hash)).unwrap_or(false);
+        if known_good && !self.verify_on_read {
             return Ok(());
         }
         let storage = self.storage.clone();

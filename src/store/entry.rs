@@ -233,7 +233,7 @@ impl Store {
             return Ok(None);
         };
         let decoded = match self.unseal(key, &bytes) {
-            Some(plain) => Self::decode_plain(&plain),
+            Some(plain) => Self::decode_plain(&plain, true),
             None => Err("failed authentication".to_string()),
         };
         match decoded {
@@ -318,12 +318,12 @@ impl Store {
         self.seal(key, plain)
     }
 
-    /// A plain (unsealed) `entries` value: JSON, or JSON framed with an inline body (kept only when its
-    /// length is the entry's size).
-    fn decode_plain(plain: &[u8]) -> Result<Record, String> {
+    /// A plain (unsealed) `entries` value: JSON, or JSON framed with an inline body (kept, with
+    /// `with_body`, only when its length is the entry's size).
+    fn decode_plain(plain: &[u8], with_body: bool) -> Result<Record, String> {
         let (head, body) = super::frame::split(INLINE_FRAMED, plain).ok_or("record cut short")?;
         let mut r: Record = serde_json::from_slice(head).map_err(|e| e.to_string())?;
-        if let (Record::Entry(e), Some(b)) = (&mut r, body) {
+        if let (Record::Entry(e), Some(b), true) = (&mut r, body, with_body) {
             if b.len() as u64 == e.size && !e.body_dropped {
                 e.inline = Some(bytes::Bytes::copy_from_slice(b));
             }
@@ -331,9 +331,15 @@ impl Store {
         Ok(r)
     }
 
-    /// An `entries` value read back; `None` if it is undecodable or fails authentication.
+    /// An `entries` value's head read back (its inline body, if any, left out: scans of heads copy no
+    /// body); `None` if it is undecodable or fails authentication.
     pub(super) fn decode_record(&self, key: &[u8], stored: &[u8]) -> Option<Record> {
-        Self::decode_plain(&self.unseal(key, stored)?).ok()
+        Self::decode_plain(&self.unseal(key, stored)?, false).ok()
+    }
+
+    /// An `entries` value read back whole, inline body included (to rewrite it, or to check the body).
+    pub(super) fn decode_record_whole(&self, key: &[u8], stored: &[u8]) -> Option<Record> {
+        Self::decode_plain(&self.unseal(key, stored)?, true).ok()
     }
 
     /// True when a stored (unsealed) `entries` value is an entry rather than a `Vary` list.
@@ -495,7 +501,7 @@ impl Store {
             if k.len() != primary.len() && k[primary.len()] != super::VARIANT_SEP {
                 continue;
             }
-            if let Some(Record::Entry(mut e)) = self.decode_record(&k, &v) {
+            if let Some(Record::Entry(mut e)) = self.decode_record_whole(&k, &v) {
                 if !e.invalidated {
                     e.invalidated = true;
                     batch.put_cf(entries, &k, self.encode_record(&k, &Record::Entry(e)));

@@ -120,7 +120,7 @@ impl Store {
         let mut entry_keys: HashSet<Vec<u8>> = HashSet::new();
         for item in self.scan("entries") {
             let (k, v) = item?;
-            match self.decode_record(&k, &v) {
+            match self.decode_record_whole(&k, &v) {
                 Some(Record::Vary(_)) => {}
                 Some(Record::Entry(e)) => {
                     report.entries += 1;
