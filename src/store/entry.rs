@@ -98,6 +98,11 @@ impl Entry {
 pub struct StoredHeaders(std::sync::Arc<http::HeaderMap>);
 
 impl StoredHeaders {
+    /// Fields read back from a record.
+    pub(super) fn from_map(h: http::HeaderMap) -> StoredHeaders {
+        StoredHeaders(std::sync::Arc::new(h))
+    }
+
     /// The fields.
     pub fn map(&self) -> &http::HeaderMap {
         &self.0
@@ -170,10 +175,6 @@ pub struct BlobRecord {
     pub refcount: u64,
 }
 
-/// First byte of an `entries` value framed as the record's JSON + the entry's inline body (values
-/// without one are plain JSON and start with `{`).
-const INLINE_FRAMED: u8 = 0xB2;
-
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) enum Record {
     Entry(Entry),
@@ -233,7 +234,7 @@ impl Store {
             return Ok(None);
         };
         let decoded = match self.unseal(key, &bytes) {
-            Some(plain) => Self::decode_plain(&plain, true),
+            Some(plain) => super::record::decode(&plain, true),
             None => Err("failed authentication".to_string()),
         };
         match decoded {
@@ -305,46 +306,25 @@ impl Store {
         serde_json::to_vec(v).unwrap_or_default()
     }
 
-    /// An `entries` value as stored (sealed when encrypted): the record's JSON, framed with the entry's
-    /// inline body when it has one.
+    /// An `entries` value as stored (sealed when encrypted), in [`super::record`]'s layout.
     pub(super) fn encode_record(&self, key: &[u8], r: &Record) -> Vec<u8> {
-        let json = Self::encode(r);
-        let plain = match r {
-            Record::Entry(Entry { inline: Some(b), .. }) => {
-                super::frame::frame(INLINE_FRAMED, &json, b).unwrap_or(json)
-            }
-            _ => json,
-        };
-        self.seal(key, plain)
-    }
-
-    /// A plain (unsealed) `entries` value: JSON, or JSON framed with an inline body (kept, with
-    /// `with_body`, only when its length is the entry's size).
-    fn decode_plain(plain: &[u8], with_body: bool) -> Result<Record, String> {
-        let (head, body) = super::frame::split(INLINE_FRAMED, plain).ok_or("record cut short")?;
-        let mut r: Record = serde_json::from_slice(head).map_err(|e| e.to_string())?;
-        if let (Record::Entry(e), Some(b), true) = (&mut r, body, with_body) {
-            if b.len() as u64 == e.size && !e.body_dropped {
-                e.inline = Some(bytes::Bytes::copy_from_slice(b));
-            }
-        }
-        Ok(r)
+        self.seal(key, super::record::encode(r))
     }
 
     /// An `entries` value's head read back (its inline body, if any, left out: scans of heads copy no
     /// body); `None` if it is undecodable or fails authentication.
     pub(super) fn decode_record(&self, key: &[u8], stored: &[u8]) -> Option<Record> {
-        Self::decode_plain(&self.unseal(key, stored)?, false).ok()
+        super::record::decode(&self.unseal(key, stored)?, false).ok()
     }
 
     /// An `entries` value read back whole, inline body included (to rewrite it, or to check the body).
     pub(super) fn decode_record_whole(&self, key: &[u8], stored: &[u8]) -> Option<Record> {
-        Self::decode_plain(&self.unseal(key, stored)?, true).ok()
+        super::record::decode(&self.unseal(key, stored)?, true).ok()
     }
 
     /// True when a stored (unsealed) `entries` value is an entry rather than a `Vary` list.
     pub(super) fn is_entry_value(v: &[u8]) -> bool {
-        v.starts_with(b"{\"Entry\"") || v.first() == Some(&INLINE_FRAMED)
+        super::record::is_entry(v)
     }
 
     /// Commits `entry` at `key` (and the `Vary` field list at `primary` when it differs), pointing at the

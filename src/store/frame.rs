@@ -65,7 +65,7 @@ mod tests {
         e.inline = inline;
         store.commit_entry(b"k", b"k", &[], &e, &blob).unwrap();
         let raw = store.db.get_cf(store.cf("entries"), b"k").unwrap().unwrap();
-        assert_eq!(raw[0], 0xB2, "framed: JSON head, then the raw body");
+        assert_eq!(raw[0], 0xB3, "framed: binary head, then the raw body");
         assert!(raw.ends_with(&body));
         store.forget(None);
         let Lookup::Entry(read) = store.lookup(b"k").unwrap() else {

@@ -17,6 +17,7 @@ mod outbox;
 mod pins;
 mod purge;
 mod recent;
+mod record;
 mod salvage;
 mod seam;
 mod verify;
@@ -54,12 +55,13 @@ pub fn key_partition(key: &[u8]) -> &[u8] {
 /// head and a raw body (`outbox::frame_outbox_record`), which builds reading 1 would skip as undecodable,
 /// losing queued writes; so they are told to refuse the data dir instead. 3: `entries` values may be
 /// framed as the record's JSON and the entry's inline body, which builds reading 2 would skip (leaving
-/// blob references they can never release).
-pub const SCHEMA_VERSION: u32 = 3;
+/// blob references they can never release). 4: entries are written in a binary layout
+/// (`store::record`), which builds reading 3 would skip the same way.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Older versions this build reads and upgrades in place (nothing stored changes; only newer builds can
 /// read what it writes from then on).
-const SCHEMA_UPGRADES_FROM: [&[u8]; 2] = [b"1", b"2"];
+const SCHEMA_UPGRADES_FROM: [&[u8]; 3] = [b"1", b"2", b"3"];
 
 /// Memory for hot answers until [`Store::set_memory`] says otherwise (`[cache] memory`).
 pub const DEFAULT_MEMORY: usize = 64 << 20;
@@ -398,7 +400,7 @@ mod tests {
             let store = super::Store::open(dir.path()).unwrap();
             super::put_synced(&store.db, super::SCHEMA_KEY, v).unwrap();
         };
-        for old in [&b"1"[..], b"2"] {
+        for old in [&b"1"[..], b"2", b"3"] {
             set(old);
             let store = super::Store::open(dir.path()).expect("an older data dir opens");
             let now = store.db.get_cf(super::meta(&store.db), super::SCHEMA_KEY).unwrap();
@@ -406,6 +408,6 @@ mod tests {
         }
         set(b"9");
         let e = super::Store::open(dir.path()).err().unwrap().to_string();
-        assert!(e.contains("schema version 9, this build reads 3"), "{e}");
+        assert!(e.contains("schema version 9, this build reads 4"), "{e}");
     }
 }
