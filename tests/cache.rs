@@ -521,7 +521,15 @@ mod rfc9111 {
 
         /// Two GETs; true when the second was answered from the store without the origin.
         async fn second_is_a_hit(&self, path: &str) -> bool {
+            let count = || self.outpost.store().entry_keys_where(None, None).unwrap().len();
+            let stored = count();
             self.get(path).await;
+            // A fill commits after its answer is sent: give it up to a second to land (an answer that
+            // must not be stored never does, and then the wait runs out).
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while count() == stored && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let before = self.origin.hits();
             let r = self.get(path).await;
             r.header("x-outpost-cache") == Some("HIT") && self.origin.hits() == before
