@@ -96,30 +96,25 @@ pub(super) fn decode(plain: &[u8], with_body: bool) -> Result<Record, String> {
     match plain.first() {
         Some(&BINARY) => {
             let (head, body) = super::frame::split(BINARY, plain).ok_or("record cut short")?;
-            let mut e = decode_head(Bytes::copy_from_slice(head)).ok_or("malformed entry record")?;
-            if let (Some(b), true) = (body, with_body && e.inline.is_some()) {
-                e.inline = Some(Bytes::copy_from_slice(b));
-            }
-            // An inline body must be exactly the entry's body; anything else is left to the blob.
-            if e.inline
-                .as_ref()
-                .is_some_and(|b| !with_body || b.len() as u64 != e.size || e.body_dropped)
-            {
-                e.inline = None;
-            }
+            let (mut e, inline) = decode_head(Bytes::copy_from_slice(head)).ok_or("malformed entry record")?;
+            e.inline = inline_body(&e, body.filter(|_| inline && with_body));
             Ok(Record::Entry(e))
         }
         _ => {
             let (head, body) = super::frame::split(INLINE_FRAMED, plain).ok_or("record cut short")?;
             let mut r: Record = serde_json::from_slice(head).map_err(|e| e.to_string())?;
-            if let (Record::Entry(e), Some(b), true) = (&mut r, body, with_body) {
-                if b.len() as u64 == e.size && !e.body_dropped {
-                    e.inline = Some(Bytes::copy_from_slice(b));
-                }
+            if let Record::Entry(e) = &mut r {
+                e.inline = inline_body(e, body.filter(|_| with_body));
             }
             Ok(r)
         }
     }
+}
+
+/// The inline body to keep: only one that is exactly the entry's body (anything else is left to the blob).
+fn inline_body(e: &Entry, body: Option<&[u8]>) -> Option<Bytes> {
+    body.filter(|b| b.len() as u64 == e.size && !e.body_dropped)
+        .map(Bytes::copy_from_slice)
 }
 
 /// True when a stored (unsealed) value is an entry rather than a `Vary` list.
@@ -127,8 +122,8 @@ pub(super) fn is_entry(plain: &[u8]) -> bool {
     matches!(plain.first(), Some(&BINARY | &INLINE_FRAMED)) || plain.starts_with(b"{\"Entry\"")
 }
 
-/// Reads a binary head. The inline body is marked present (an empty placeholder) when the flags say so.
-fn decode_head(buf: Bytes) -> Option<Entry> {
+/// Reads a binary head: the entry (without its inline body) and whether one follows the head.
+fn decode_head(buf: Bytes) -> Option<(Entry, bool)> {
     let mut r = Reader { buf, at: 0 };
     if r.u8()? != LAYOUT {
         return None;
@@ -157,7 +152,7 @@ fn decode_head(buf: Bytes) -> Option<Entry> {
             headers.append(name, value);
         }
     }
-    Some(Entry {
+    let entry = Entry {
         status,
         headers: StoredHeaders::from_map(headers),
         blob,
@@ -171,8 +166,9 @@ fn decode_head(buf: Bytes) -> Option<Entry> {
         invalidated: flags & INVALIDATED != 0,
         group,
         body_dropped: flags & BODY_DROPPED != 0,
-        inline: (flags & INLINE != 0).then(Bytes::new),
-    })
+        inline: None,
+    };
+    Some((entry, flags & INLINE != 0))
 }
 
 struct Reader {
