@@ -23,6 +23,8 @@ pub fn verify_report(r: &VerifyReport, temp_files: usize) -> String {
         ("corrupt inline bodies", r.corrupt_inline_bodies),
         ("wrong refcounts", r.refcounts_wrong),
         ("stale index keys", r.stale_index_keys),
+        ("entries without an access record", r.entries_without_access),
+        ("access records of gone entries", r.stale_access_keys),
         ("undecodable queued writes (kept)", r.undecodable_outbox_items),
     ];
     for (what, n) in rows {

@@ -120,7 +120,7 @@ impl Evictor {
         })
     }
 
-    /// Loads the persisted access order (one pass over the entries), keeping accesses recorded since
+    /// Loads the persisted access order (one pass over `access`, not the entries), keeping accesses recorded since
     /// start as the most recent. Blocking.
     fn load_order(&self) -> Result<usize, StoreError> {
         let mut keys = self.store.entry_access_times()?;
@@ -320,6 +320,8 @@ impl Evictor {
             if let Ok(mut o) = self.order.lock() {
                 o.pop(key);
             }
+            // An access persisted just after its entry went (or a `Vary` list's key): only the record.
+            self.store.forget_access(key)?;
             return Ok(0);
         };
         self.store.remove_entry(key)?;
@@ -396,7 +398,7 @@ impl Evictor {
             match self.store.entry(&key)? {
                 Some(_) if self.is_pinned(&key) => skipped_pinned.push((key, t)),
                 Some(_) => freed += self.remove_entry(&key, EvictReason::Size)?,
-                None => {}
+                None => self.store.forget_access(&key)?,
             }
         }
         let only_pins_left = self.used() > self.max_size() && self.order.lock().map(|o| o.is_empty()).unwrap_or(true);

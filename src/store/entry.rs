@@ -411,7 +411,13 @@ impl Store {
         } else if let Lookup::Vary(_) = self.lookup(primary)? {
             // The response stopped varying: variants under this primary become unreachable; they age out.
         }
+        if replaced_primary.is_some() {
+            batch.delete_cf(self.cf("access"), primary);
+        }
         batch.put_cf(entries, key, self.encode_record(key, &Record::Entry(entry.clone())));
+        // Every entry has an access record from its commit on, so the evictor's order loads from
+        // `access` alone (a scan of `entries` would read every record, and map them all with mmap reads).
+        batch.put_cf(self.cf("access"), key, entry.response_time_ms.to_be_bytes());
         self.db.write(batch)?;
         self.forget(Some(&[primary, key]));
         Ok(new_blob)
@@ -446,13 +452,14 @@ impl Store {
     /// Deletes an entry and releases its blob reference.
     pub fn remove_entry(&self, key: &[u8]) -> Result<(), StoreError> {
         let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(self.cf("entries"), key);
+        batch.delete_cf(self.cf("access"), key);
         let Some(old) = self.entry(key)? else {
-            self.db.delete_cf(self.cf("entries"), key)?;
+            self.db.write(batch)?;
             self.forget(Some(&[key]));
             return Ok(());
         };
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_cf(self.cf("entries"), key);
         if let Some(g) = &old.group {
             batch.delete_cf(self.cf("groups"), group_index_key(g, old.response_time_ms, key));
         }
@@ -547,7 +554,10 @@ impl Store {
                         self.encode_record(entry_key, &Record::Entry(e)),
                     );
                 }
-                RetainDrop::Entry => batch.delete_cf(self.cf("entries"), entry_key),
+                RetainDrop::Entry => {
+                    batch.delete_cf(self.cf("entries"), entry_key);
+                    batch.delete_cf(self.cf("access"), entry_key);
+                }
             }
             out.dropped += 1;
         }
@@ -637,24 +647,45 @@ impl Store {
 
 /// What the evictor and the stats need from the store.
 impl Store {
-    /// Every entry key with its last access (from `access`, else when it was stored).
+    /// Every entry key with its last access, read from `access` alone (every entry has a record there
+    /// from its commit on). A key may outlive its entry by a moment (an access persisted just after the
+    /// entry went): the evictor drops such keys when it reaches them.
     pub fn entry_access_times(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let mut out = Vec::new();
+        for item in self.scan("access") {
+            let (k, v) = item?;
+            let t = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            out.push((k.to_vec(), t));
+        }
+        Ok(out)
+    }
+
+    /// Drops the access record of a key whose entry is gone (nothing else is touched).
+    pub fn forget_access(&self, key: &[u8]) -> Result<(), StoreError> {
+        Ok(self.db.delete_cf(self.cf("access"), key)?)
+    }
+
+    /// Gives every entry without an access record one (its response time): data dirs written before
+    /// schema 5 recorded accesses only for entries used since. One pass over the entries, at upgrade.
+    pub(super) fn backfill_access(&self) -> Result<usize, StoreError> {
         let access = self.cf("access");
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut n = 0;
         for item in self.scan("entries") {
             let (k, v) = item?;
             let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
                 continue;
             };
-            let t = self
-                .db
-                .get_pinned_cf(access, &k)?
-                .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(e.response_time_ms);
-            out.push((k.to_vec(), t));
+            if self.db.get_pinned_cf(access, &k)?.is_none() {
+                batch.put_cf(access, &k, e.response_time_ms.to_be_bytes());
+                n += 1;
+            }
+            if batch.len() >= 10_000 {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
         }
-        Ok(out)
+        self.db.write(batch)?;
+        Ok(n)
     }
 
     /// Persists access times in one unsynced batch (losing the last few on a crash only blurs the order).
@@ -882,6 +913,70 @@ mod tests {
         store.remove_entry(b"k2").unwrap();
         assert_eq!(store.blob_info(&blob.hash).unwrap().unwrap().refcount, 0);
         assert_eq!(store.dedup_saved().unwrap(), 0);
+    }
+
+    #[test]
+    fn every_entry_has_an_access_record_from_commit_to_removal_and_verify_mends_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.blobs().begin().unwrap();
+        w.write(b"a body").unwrap();
+        let blob = store.blobs().finish(w).unwrap();
+        let mut e = entry(&blob);
+        e.response_time_ms = 42;
+        store.commit_entry(b"k1", b"k1", &[], &e, &blob).unwrap();
+        store.commit_entry(b"k2", b"k2", &[], &e, &blob).unwrap();
+        assert_eq!(
+            store.entry_access_times().unwrap(),
+            vec![(b"k1".to_vec(), 42), (b"k2".to_vec(), 42)]
+        );
+        store.remove_entry(b"k1").unwrap();
+        assert_eq!(store.entry_access_times().unwrap(), vec![(b"k2".to_vec(), 42)]);
+        // A persisted access that outlived its entry, and an entry that lost its record.
+        store.put_access_times(&[(b"gone".to_vec(), 7)]).unwrap();
+        store.forget_access(b"k2").unwrap();
+        let found = store.verify(false).unwrap();
+        assert_eq!((found.stale_access_keys, found.entries_without_access), (1, 1));
+        assert_eq!(found.problems(), 1, "only the missing record is a problem");
+        store.verify(true).unwrap();
+        let keys: Vec<_> = store
+            .entry_access_times()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"k2".to_vec()]);
+        let clean = super::super::verify::VerifyReport {
+            blob_files: 1,
+            entries: 1,
+            ..Default::default()
+        };
+        assert_eq!(store.verify(false).unwrap(), clean);
+    }
+
+    #[test]
+    fn an_upgrade_from_schema_4_gives_every_entry_an_access_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut w = store.blobs().begin().unwrap();
+            w.write(b"a body").unwrap();
+            let blob = store.blobs().finish(w).unwrap();
+            let mut e = entry(&blob);
+            e.response_time_ms = 42;
+            store.commit_entry(b"k1", b"k1", &[], &e, &blob).unwrap();
+            store.commit_entry(b"k2", b"k2", &[], &e, &blob).unwrap();
+            // Schema 4 wrote access records only for entries used since; k2 was used at 99.
+            store.forget_access(b"k1").unwrap();
+            store.put_access_times(&[(b"k2".to_vec(), 99)]).unwrap();
+            store.set_schema_for_test(b"4");
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.entry_access_times().unwrap(),
+            vec![(b"k1".to_vec(), 42), (b"k2".to_vec(), 99)]
+        );
+        assert_eq!(store.verify(false).unwrap().problems(), 0);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Recently read records of the `entries` family, decoded, bounded by an estimate of their memory
-//! (half of `[cache] memory`): a hot answer costs no RocksDB read and no decoding.
+//! (five eighths of `[cache] memory`): a hot answer costs no RocksDB read and no decoding.
 
 use super::entry::Record;
 

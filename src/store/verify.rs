@@ -2,10 +2,12 @@
 //!
 //! Checks every blob file against its name (BLAKE3 of the bytes) and its record, every entry against the
 //! blob it points at, every refcount against the entries that really reference the blob, the retention
-//! index against the entries, and that every outbox record decodes. Repair deletes what cannot be
-//! trusted (corrupt or orphan blob files, entries whose body is gone, undecodable entries, stale index
-//! keys, inline body copies that do not match their blob) and rewrites refcounts; an entry dropped here is only a future cache miss. Outbox records are
-//! never deleted: they are the user's writes, so an undecodable one is reported for a person to look at.
+//! index and the access order against the entries, and that every outbox record decodes. Repair
+//! deletes what cannot be trusted (corrupt or orphan blob files, entries whose body is gone, undecodable
+//! entries, stale index keys, inline body copies that do not match their blob, access records of gone
+//! entries), gives entries without an access record one, and rewrites refcounts; an entry dropped here is
+//! only a future cache miss. Outbox records are never deleted: they are the user's writes, so an
+//! undecodable one is reported for a person to look at.
 
 use std::collections::{HashMap, HashSet};
 
@@ -40,6 +42,11 @@ pub struct VerifyReport {
     pub refcounts_wrong: u64,
     /// Retention-index keys pointing at no entry.
     pub stale_index_keys: u64,
+    /// Entries without an access record (the evictor would never see them; repair gives them one).
+    pub entries_without_access: u64,
+    /// Access records of entries that are gone (not a problem: one can outlive its entry by a moment;
+    /// repair deletes them).
+    pub stale_access_keys: u64,
     /// Outbox records that do not decode (never deleted).
     pub undecodable_outbox_items: u64,
 }
@@ -55,6 +62,7 @@ impl VerifyReport {
             + self.corrupt_inline_bodies
             + self.refcounts_wrong
             + self.stale_index_keys
+            + self.entries_without_access
             + self.undecodable_outbox_items
     }
 }
@@ -186,6 +194,25 @@ impl Store {
             }
         }
 
+        // The access order: one record per entry, and none for an entry that is gone.
+        let mut accessed: HashSet<Vec<u8>> = HashSet::new();
+        for item in self.scan("access") {
+            let (k, _) = item?;
+            if entry_keys.contains(k.as_ref()) {
+                accessed.insert(k.to_vec());
+            } else {
+                report.stale_access_keys += 1;
+                batch.delete_cf(self.cf("access"), &k);
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for k in entry_keys.difference(&accessed) {
+            report.entries_without_access += 1;
+            batch.put_cf(self.cf("access"), k, now.to_be_bytes());
+        }
+
         // The outbox: report, never delete.
         for item in self.scan("outbox") {
             let (k, v) = item?;
@@ -201,7 +228,7 @@ impl Store {
             }
         }
 
-        if repair && report.problems() > 0 {
+        if repair && (report.problems() > 0 || report.stale_access_keys > 0) {
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(true);
             self.db.write_opt(batch, &wo)?;
