@@ -70,6 +70,15 @@ pub struct EvictionCounts {
     pub by_reason: std::collections::BTreeMap<&'static str, (u64, u64)>,
 }
 
+/// The access order and the accesses not yet persisted, under one lock: a hit takes it once.
+struct Order {
+    /// Least recently used first; values are last-access times (ms since the epoch).
+    lru: LruCache<Vec<u8>, u64>,
+    /// Accesses not yet persisted, one slot per key (a hot key costs no memory per hit). Hashed with
+    /// foldhash, not SipHash: the keys are ours, and SipHash was a visible share of a hit's CPU.
+    dirty: hashbrown::HashMap<Vec<u8>, u64>,
+}
+
 /// The budget keeper.
 pub struct Evictor {
     store: Arc<Store>,
@@ -77,9 +86,7 @@ pub struct Evictor {
     auto_evict: AtomicBool,
     used: AtomicU64,
     accepting: AtomicBool,
-    order: Mutex<LruCache<Vec<u8>, u64>>,
-    /// Accesses not yet persisted, one slot per key (a hot key costs no memory per hit).
-    dirty: Mutex<std::collections::HashMap<Vec<u8>, u64>>,
+    order: Mutex<Order>,
     pinned: Mutex<HashSet<Vec<u8>>>,
     max_unused: Option<Duration>,
     counts: Mutex<EvictionCounts>,
@@ -108,8 +115,10 @@ impl Evictor {
             auto_evict: AtomicBool::new(auto_evict),
             used: AtomicU64::new(used),
             accepting: AtomicBool::new(true),
-            order: Mutex::new(LruCache::unbounded()),
-            dirty: Mutex::new(std::collections::HashMap::new()),
+            order: Mutex::new(Order {
+                lru: LruCache::unbounded(),
+                dirty: hashbrown::HashMap::new(),
+            }),
             pinned: Mutex::new(HashSet::new()),
             max_unused,
             counts: Mutex::new(EvictionCounts::default()),
@@ -132,10 +141,10 @@ impl Evictor {
         let n = loaded.len();
         if let Ok(mut o) = self.order.lock() {
             // Entries touched or stored since start are newer than anything persisted.
-            for (k, t) in o.iter().rev() {
+            for (k, t) in o.lru.iter().rev() {
                 loaded.put(k.clone(), *t);
             }
-            *o = loaded;
+            o.lru = loaded;
         }
         Ok(n)
     }
@@ -208,7 +217,7 @@ impl Evictor {
         let oldest: Vec<Vec<u8>> = self
             .order
             .lock()
-            .map(|o| o.iter().rev().map(|(k, _)| k.clone()).collect())
+            .map(|o| o.lru.iter().rev().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         let mut freed = 0;
         for key in oldest {
@@ -254,19 +263,12 @@ impl Evictor {
     pub fn touch(&self, key: &[u8]) {
         let now = now_ms();
         if let Ok(mut o) = self.order.lock() {
-            if let Some(t) = o.get_mut(key) {
+            if let Some(t) = o.lru.get_mut(key) {
                 *t = now;
             } else {
-                o.put(key.to_vec(), now);
+                o.lru.put(key.to_vec(), now);
             }
-        }
-        if let Ok(mut d) = self.dirty.lock() {
-            match d.get_mut(key) {
-                Some(t) => *t = now,
-                None => {
-                    d.insert(key.to_vec(), now);
-                }
-            }
+            *o.dirty.entry_ref(key).or_insert(now) = now;
         }
     }
 
@@ -318,7 +320,7 @@ impl Evictor {
     pub fn remove_entry(&self, key: &[u8], reason: EvictReason) -> Result<u64, StoreError> {
         let Some(entry) = self.store.entry(key)? else {
             if let Ok(mut o) = self.order.lock() {
-                o.pop(key);
+                o.lru.pop(key);
             }
             // An access persisted just after its entry went (or a `Vary` list's key): only the record.
             self.store.forget_access(key)?;
@@ -326,7 +328,7 @@ impl Evictor {
         };
         self.store.remove_entry(key)?;
         if let Ok(mut o) = self.order.lock() {
-            o.pop(key);
+            o.lru.pop(key);
         }
         let mut freed = 0;
         if let Some(rec) = self.store.blob_info(&entry.blob)? {
@@ -392,7 +394,7 @@ impl Evictor {
         let mut skipped_pinned = Vec::new();
         let mut n = 0;
         while self.used() > self.max_size() && n < BATCH {
-            let next = self.order.lock().ok().and_then(|mut o| o.pop_lru());
+            let next = self.order.lock().ok().and_then(|mut o| o.lru.pop_lru());
             let Some((key, t)) = next else { break };
             n += 1;
             match self.store.entry(&key)? {
@@ -401,10 +403,11 @@ impl Evictor {
                 None => self.store.forget_access(&key)?,
             }
         }
-        let only_pins_left = self.used() > self.max_size() && self.order.lock().map(|o| o.is_empty()).unwrap_or(true);
+        let only_pins_left =
+            self.used() > self.max_size() && self.order.lock().map(|o| o.lru.is_empty()).unwrap_or(true);
         if let Ok(mut o) = self.order.lock() {
             for (k, t) in skipped_pinned {
-                o.put(k, t);
+                o.lru.put(k, t);
             }
         }
         if only_pins_left {
@@ -428,9 +431,9 @@ impl Evictor {
         let mut kept = Vec::new();
         loop {
             let next = self.order.lock().ok().and_then(|mut o| {
-                let old = o.peek_lru().is_some_and(|(_, t)| *t < cutoff);
+                let old = o.lru.peek_lru().is_some_and(|(_, t)| *t < cutoff);
                 if old {
-                    o.pop_lru()
+                    o.lru.pop_lru()
                 } else {
                     None
                 }
@@ -445,18 +448,19 @@ impl Evictor {
         if let Ok(mut o) = self.order.lock() {
             // Pinned entries stay; they are looked at again when they reach the old end.
             for (k, t) in kept {
-                o.put(k, t);
+                o.lru.put(k, t);
             }
         }
         Ok(freed)
     }
 
     fn persist_access(&self) {
-        let batch: Vec<(Vec<u8>, u64)> = self
-            .dirty
+        let dirty = self
+            .order
             .lock()
-            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+            .map(|mut o| std::mem::take(&mut o.dirty))
             .unwrap_or_default();
+        let batch: Vec<(Vec<u8>, u64)> = dirty.into_iter().collect();
         if batch.is_empty() {
             return;
         }

@@ -273,7 +273,17 @@ fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTi
 /// without it, heuristic freshness (§4.2.2: 10% of the time since Last-Modified, at most a day) applies
 /// to heuristically cacheable statuses.
 pub fn freshness_lifetime(role: CacheRole, status: StatusCode, headers: &HeaderMap, ttl: Option<Duration>) -> Duration {
-    let cc = CacheControl::of_response(headers);
+    freshness_lifetime_of(&CacheControl::of_response(headers), role, status, headers, ttl)
+}
+
+/// [`freshness_lifetime`] with the response's directives already read (a hit reads them once).
+pub fn freshness_lifetime_of(
+    cc: &CacheControl,
+    role: CacheRole,
+    status: StatusCode,
+    headers: &HeaderMap,
+    ttl: Option<Duration>,
+) -> Duration {
     if role == CacheRole::Shared {
         if let Some(s) = cc.s_maxage {
             return Duration::from_secs(s);
@@ -373,8 +383,12 @@ pub fn stale_prohibited(role: CacheRole, resp_headers: &HeaderMap) -> bool {
 
 /// §4.2 + §5.2.1: is the stored response usable as-is for this request?
 pub fn evaluate(req_headers: &HeaderMap, lifetime: Duration, age: Duration, resp_headers: &HeaderMap) -> Freshness {
+    evaluate_of(req_headers, lifetime, age, &CacheControl::of_response(resp_headers))
+}
+
+/// [`evaluate`] with the response's directives already read.
+pub fn evaluate_of(req_headers: &HeaderMap, lifetime: Duration, age: Duration, resp: &CacheControl) -> Freshness {
     let req = CacheControl::parse(req_headers);
-    let resp = CacheControl::of_response(resp_headers);
     // §5.4: Pragma: no-cache only when there is no Cache-Control in the request.
     let pragma_no_cache = !req_headers.contains_key(header::CACHE_CONTROL)
         && req_headers

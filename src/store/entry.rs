@@ -248,8 +248,11 @@ impl Store {
                     }
                 }
                 let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
-                if c.gen == gen {
-                    c.put(key.to_vec(), r.clone());
+                if c.gen == gen && c.admit(key) {
+                    let evicted = c.put(key.to_vec(), r.clone());
+                    // Freed after the lock: other hits wait for the cache, not for the allocator.
+                    drop(c);
+                    drop(evicted);
                 }
                 Ok(Some(r))
             }
