@@ -441,6 +441,12 @@ request = function()
 end
 """)
                 run_scenario(proxies, f"8. 1 KiB hits over {n:,} URLs, 64 conns", "/", 64, script, "rps", rows)
+                # Outpost reads its records through memory-mapped files: what it holds itself (anon) is
+                # told apart from page-cache pages that count towards its RSS once touched (file).
+                notes.append(f"Outpost after {n:,} URLs: RSS {proc_kb(op.p.pid, 'VmRSS') / 1024:.0f} MiB = "
+                             f"{proc_kb(op.p.pid, 'RssAnon') / 1024:.0f} MiB its own (anon) + "
+                             f"{proc_kb(op.p.pid, 'RssFile') / 1024:.0f} MiB mapped table files (page cache)")
+                print(notes[-1], flush=True)
         peak = {p.name: p.rss_peak_kb() for p in proxies}
 
         # 10 MB object, first byte of ranges (issue 4's target), Outpost only: ranges all over the file.
