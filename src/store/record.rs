@@ -96,15 +96,20 @@ pub(super) fn decode(plain: &[u8], with_body: bool) -> Result<Record, String> {
     match plain.first() {
         Some(&BINARY) => {
             let (head, body) = super::frame::split(BINARY, plain).ok_or("record cut short")?;
-            let (mut e, inline) = decode_head(Bytes::copy_from_slice(head)).ok_or("malformed entry record")?;
-            e.inline = inline_body(&e, body.filter(|_| inline && with_body));
+            // One copy for the head and the body after it (header values and the body are slices of it).
+            let start = head.as_ptr() as usize - plain.as_ptr() as usize;
+            let end = start + head.len() + if with_body { body.map_or(0, <[u8]>::len) } else { 0 };
+            let kept = Bytes::copy_from_slice(plain.get(..end).ok_or("record cut short")?);
+            let (mut e, inline) = decode_head(kept.slice(start..start + head.len())).ok_or("malformed entry record")?;
+            let body = (inline && with_body && body.is_some()).then(|| kept.slice(start + head.len()..));
+            e.inline = inline_body(&e, body);
             Ok(Record::Entry(e))
         }
         _ => {
             let (head, body) = super::frame::split(INLINE_FRAMED, plain).ok_or("record cut short")?;
             let mut r: Record = serde_json::from_slice(head).map_err(|e| e.to_string())?;
             if let Record::Entry(e) = &mut r {
-                e.inline = inline_body(e, body.filter(|_| with_body));
+                e.inline = inline_body(e, body.filter(|_| with_body).map(Bytes::copy_from_slice));
             }
             Ok(r)
         }
@@ -112,9 +117,8 @@ pub(super) fn decode(plain: &[u8], with_body: bool) -> Result<Record, String> {
 }
 
 /// The inline body to keep: only one that is exactly the entry's body (anything else is left to the blob).
-fn inline_body(e: &Entry, body: Option<&[u8]>) -> Option<Bytes> {
+fn inline_body(e: &Entry, body: Option<Bytes>) -> Option<Bytes> {
     body.filter(|b| b.len() as u64 == e.size && !e.body_dropped)
-        .map(Bytes::copy_from_slice)
 }
 
 /// True when a stored (unsealed) value is an entry rather than a `Vary` list.
