@@ -265,6 +265,7 @@ impl Store {
 
     /// Drops cached records after a write to `entries` (`None`: all of them).
     pub(super) fn forget(&self, keys: Option<&[&[u8]]>) {
+        self.tallies.changed();
         let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
         c.gen += 1;
         match keys {
@@ -610,38 +611,9 @@ impl Store {
         }
         Ok(bytes)
     }
-
-    /// Number of entries and total blob bytes (for status; walks the column families).
-    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
-        let mut entries = 0u64;
-        for item in self.scan("entries") {
-            let (k, v) = item?;
-            let is_entry = if self.encrypted() {
-                matches!(self.decode_record(&k, &v), Some(Record::Entry(_)))
-            } else {
-                Self::is_entry_value(&v)
-            };
-            if is_entry {
-                entries += 1;
-            }
-        }
-        Ok((entries, self.blob_bytes()?))
-    }
 }
 
 impl Store {
-    /// Bytes not stored twice thanks to content addressing: Σ size × (refcount − 1).
-    pub fn dedup_saved(&self) -> Result<u64, StoreError> {
-        let mut saved = 0u64;
-        for item in self.scan("blobs") {
-            let (_, v) = item?;
-            if let Ok(r) = serde_json::from_slice::<BlobRecord>(&v) {
-                saved += r.size * r.refcount.saturating_sub(1);
-            }
-        }
-        Ok(saved)
-    }
-
     /// A blob's record (size and refcount).
     pub fn blob_info(&self, hash: &str) -> Result<Option<BlobRecord>, StoreError> {
         self.blob_record(hash)
@@ -731,6 +703,7 @@ impl Store {
             return Ok(());
         }
         self.db.delete_cf(self.cf("blobs"), hash.as_bytes())?;
+        self.tallies.changed();
         self.blobs.remove(hash)?;
         Ok(())
     }
@@ -770,23 +743,6 @@ impl Store {
                 continue;
             }
             out.push(k.to_vec());
-        }
-        Ok(out)
-    }
-
-    /// Per kind: (entries, bytes referenced).
-    pub fn kind_usage(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, StoreError> {
-        let mut out = std::collections::BTreeMap::new();
-        for item in self.scan("entries") {
-            let (k, v) = item?;
-            let Some(Record::Entry(e)) = self.decode_record(&k, &v) else {
-                continue;
-            };
-            let s: &mut (u64, u64) = out.entry(e.kind.clone()).or_default();
-            s.0 += 1;
-            if !e.body_dropped {
-                s.1 += e.size;
-            }
         }
         Ok(out)
     }

@@ -20,6 +20,7 @@ mod recent;
 mod record;
 mod salvage;
 mod seam;
+mod tally;
 mod verify;
 
 use std::fs::File;
@@ -143,6 +144,8 @@ pub struct Store {
     commit_lock: Mutex<()>,
     /// Hot records (see [`recent::RecordCache`]).
     records: Mutex<recent::RecordCache>,
+    /// Whole-store counts kept between writes (see [`tally`]).
+    tallies: tally::Tallies,
     /// RocksDB's block cache, shared by every family (resized with [`Store::set_memory`]).
     block_cache: rocksdb::Cache,
     /// Whether writes succeed (see [`health`]).
@@ -193,6 +196,7 @@ impl Store {
             dir: dir.to_path_buf(),
             commit_lock: Mutex::new(()),
             records: Mutex::new(recent::RecordCache::new(record_share(DEFAULT_MEMORY))),
+            tallies: Default::default(),
             block_cache,
             health: health::Health::default(),
             at_rest,
