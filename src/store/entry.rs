@@ -874,10 +874,8 @@ mod tests {
         assert_eq!(store.dedup_saved().unwrap(), 0);
     }
 
-    #[test]
-    fn every_entry_has_an_access_record_from_commit_to_removal_and_verify_mends_the_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    /// Entries `k1` and `k2`, one body, both received at 42 ms.
+    fn two_entries_stored_at_42(store: &Store) {
         let mut w = store.blobs().begin().unwrap();
         w.write(b"a body").unwrap();
         let blob = store.blobs().finish(w).unwrap();
@@ -885,6 +883,13 @@ mod tests {
         e.response_time_ms = 42;
         store.commit_entry(b"k1", b"k1", &[], &e, &blob).unwrap();
         store.commit_entry(b"k2", b"k2", &[], &e, &blob).unwrap();
+    }
+
+    #[test]
+    fn every_entry_has_an_access_record_from_commit_to_removal_and_verify_mends_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        two_entries_stored_at_42(&store);
         assert_eq!(
             store.entry_access_times().unwrap(),
             vec![(b"k1".to_vec(), 42), (b"k2".to_vec(), 42)]
@@ -918,13 +923,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let mut w = store.blobs().begin().unwrap();
-            w.write(b"a body").unwrap();
-            let blob = store.blobs().finish(w).unwrap();
-            let mut e = entry(&blob);
-            e.response_time_ms = 42;
-            store.commit_entry(b"k1", b"k1", &[], &e, &blob).unwrap();
-            store.commit_entry(b"k2", b"k2", &[], &e, &blob).unwrap();
+            two_entries_stored_at_42(&store);
             // Schema 4 wrote access records only for entries used since; k2 was used at 99.
             store.forget_access(b"k1").unwrap();
             store.put_access_times(&[(b"k2".to_vec(), 99)]).unwrap();
