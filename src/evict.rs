@@ -4,7 +4,10 @@
 //! Order: blobs no entry references (refcount 0) first, then least recently used entries (which release
 //! their blobs). Pinned entries are never evicted; if only pinned content is left over the budget, new
 //! fills are not stored (`accepting() == false`) rather than evicting pins. Recording an access is an
-//! in-memory `lru` update; the order is persisted to the `access` column family in batches.
+//! in-memory `lru` update; the order is persisted to the `access` column family in batches (every entry
+//! also gets a record there in the batch that commits it, so start-up loads the order from `access` alone).
+//! A key whose entry is gone (an access persisted just after a removal) is dropped when it is reached; one
+//! whose record was dropped in that race gets it back at the next persist, since its commit touched it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
