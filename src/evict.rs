@@ -400,10 +400,11 @@ impl Evictor {
             let next = self.order.lock().ok().and_then(|mut o| o.lru.pop_lru());
             let Some((key, t)) = next else { break };
             n += 1;
-            match self.store.entry(&key)? {
-                Some(_) if self.is_pinned(&key) => skipped_pinned.push((key, t)),
-                Some(_) => freed += self.remove_entry(&key, EvictReason::Size)?,
-                None => self.store.forget_access(&key)?,
+            if self.is_pinned(&key) && self.store.entry(&key)?.is_some() {
+                skipped_pinned.push((key, t));
+            } else {
+                // A key whose entry is gone only loses its access record there.
+                freed += self.remove_entry(&key, EvictReason::Size)?;
             }
         }
         let only_pins_left =

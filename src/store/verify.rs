@@ -205,9 +205,7 @@ impl Store {
                 batch.delete_cf(self.cf("access"), &k);
             }
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::clock::now_ms();
         for k in entry_keys.difference(&accessed) {
             report.entries_without_access += 1;
             batch.put_cf(self.cf("access"), k, now.to_be_bytes());
