@@ -102,10 +102,12 @@ impl Body for FileBody {
 pub struct BodyStalled(pub Duration);
 
 /// Fails a body that produces no frame for `idle` (a stalled upstream must not hold a client forever).
+/// The timer is armed the first time the body has nothing ready, so a body read at once, or never,
+/// costs no timer.
 pub struct IdleTimeout {
     inner: ProxyBody,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleTimeout {
@@ -114,7 +116,7 @@ impl IdleTimeout {
         IdleTimeout {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
         }
     }
 }
@@ -127,14 +129,19 @@ impl Body for IdleTimeout {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                if let Some(timer) = &mut this.timer {
+                    timer.as_mut().reset(Instant::now() + this.idle);
+                }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -147,7 +147,9 @@ impl Server {
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let svc = service_fn(move |req| {
-                    let fut = handler(req, peer);
+                    // Boxed: hyper keeps the request's future in its connection and moves it there; a
+                    // pointer is cheaper to move than a state machine of a few KiB (docs/benchmarks.md).
+                    let fut = Box::pin(handler(req, peer));
                     async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 let (builder, watcher, regions) = (builder.clone(), graceful.watcher(), regions.clone());

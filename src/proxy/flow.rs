@@ -161,7 +161,7 @@ impl Flow {
                 self.refresh_in_background(req.clone(), upstream.clone(), hit.clone(), peer);
                 self.serve(hit, &req, Outcome::Stale, route, upstream, peer).await
             }
-            (Plan::Revalidate, Some(hit)) => self.revalidate(hit, req, route, upstream, peer).await,
+            (Plan::Revalidate, Some(hit)) => Box::pin(self.revalidate(hit, req, route, upstream, peer)).await,
             (Plan::NotCached, _) => Err(ProxyError::NotCached {
                 upstream: upstream.name().to_string(),
             }),
@@ -173,10 +173,10 @@ impl Flow {
                 upstream: upstream.name().to_string(),
                 detail: None,
             }),
-            (Plan::Forward, _) => self.pass(&req, route, upstream, peer).await,
+            (Plan::Forward, _) => Box::pin(self.pass(&req, route, upstream, peer)).await,
             (Plan::Bypass, _) => {
                 let out = req.request(req.headers.clone());
-                let resp = self.forwarder.forward(out, route, upstream, peer, None).await?;
+                let resp = Box::pin(self.forwarder.forward(out, route, upstream, peer, None)).await?;
                 Ok((resp, Outcome::Bypass))
             }
             (Plan::FillBehindRange, _) => {
@@ -189,11 +189,11 @@ impl Flow {
                     full.headers.remove(header::IF_RANGE);
                     self.fill_in_background(full, upstream.clone(), guard, peer);
                 }
-                self.pass(&req, route, upstream, peer).await
+                Box::pin(self.pass(&req, route, upstream, peer)).await
             }
             // Plans that serve from the store always come with a stored response; anything else fills.
             (Plan::Fill, _) | (Plan::Serve(_) | Plan::ServeStaleAndRefresh | Plan::Revalidate, None) => {
-                self.fill(&req, &primary, route, upstream, peer).await
+                Box::pin(self.fill(&req, &primary, route, upstream, peer)).await
             }
         }
     }
@@ -285,7 +285,7 @@ impl Flow {
                     &req.uri,
                     &route.policy.ignore_query,
                 );
-                self.fill(req, &primary, route, upstream, peer).await
+                Box::pin(self.fill(req, &primary, route, upstream, peer)).await
             }
         }
     }

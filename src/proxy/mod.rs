@@ -168,20 +168,25 @@ impl Proxy {
     {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let query = req.uri().query().map(str::to_string);
-        let seen = reqlog::Seen::new(&method, &path, query.as_deref(), req.headers_mut(), &self.log_redact);
+        let seen = reqlog::Seen::new(&method, req.uri().clone(), req.headers_mut());
         let started = seen.started();
         if let Err(e) = check_request(&req) {
             let mut resp = e.into_response();
             resp.headers_mut().insert(reqlog::REQUEST_ID, seen.id().clone());
-            seen.log("-", "-", resp.status(), Outcome::Bypass);
+            seen.log(&self.log_redact, "-", "-", resp.status(), Outcome::Bypass);
             return resp;
         }
         let (route, upstream) = self.forwarder.route(&method, &path);
         if method.as_str() == "PURGE" {
-            let mut resp = self.purge(req.headers(), req.uri(), &route).await;
+            let mut resp = Box::pin(self.purge(req.headers(), req.uri(), &route)).await;
             resp.headers_mut().insert(reqlog::REQUEST_ID, seen.id().clone());
-            seen.log(route.name, upstream.name(), resp.status(), Outcome::Bypass);
+            seen.log(
+                &self.log_redact,
+                route.name,
+                upstream.name(),
+                resp.status(),
+                Outcome::Bypass,
+            );
             return resp;
         }
         let upstream = upstream.clone();
@@ -222,7 +227,14 @@ impl Proxy {
         // A request body may not pause longer than body_read_timeout (a byte now and then must not hold a
         // connection and its buffers for ever).
         let idle = self.body_read_timeout;
-        let req = req.map(|b| body::boxed(body::IdleTimeout::new(body::boxed(b), idle)));
+        let req = req.map(|b| {
+            // Most reads have no body at all: nothing to time.
+            if http_body::Body::is_end_stream(&b) {
+                body::boxed(b)
+            } else {
+                body::boxed(body::IdleTimeout::new(body::boxed(b), idle))
+            }
+        });
         // Read your own writes: this user's queued writes to this very resource, on routes that opt in.
         let overlay_writes = if read && pending_check && route.policy.overlay {
             self.outbox.pending_writes_to(&partition, &path)
@@ -240,21 +252,19 @@ impl Proxy {
         };
         let overlaid = !overlay_writes.is_empty() || !list_writes.is_empty();
         let answer = if !overlay_writes.is_empty() {
-            self.overlaid(RequestHead::of(req), &route, &upstream, peer, &overlay_writes)
-                .await
+            Box::pin(self.overlaid(RequestHead::of(req), &route, &upstream, peer, &overlay_writes)).await
         } else if let (Some((list, items_at)), false) = (&list, list_writes.is_empty()) {
             let head = RequestHead::of(req);
-            self.overlaid_list(head, &route, &upstream, peer, (list, items_at), &list_writes)
-                .await
+            Box::pin(self.overlaid_list(head, &route, &upstream, peer, (list, items_at), &list_writes)).await
         } else if route.policy.upgrade && tunnel::wants_upgrade(req.headers()) {
             let tunnelled = self.tunnels.open_tunnel(req, &self.forwarder, &route, &upstream, peer);
-            tunnelled.await.map(|r| (r, Outcome::Bypass))
+            Box::pin(tunnelled).await.map(|r| (r, Outcome::Bypass))
         } else if read {
             self.flow.run(RequestHead::of(req), &route, &upstream, peer).await
         } else if policy::is_unsafe(&method) && route.policy.queue {
-            self.write(req, &route, &upstream, peer).await
+            Box::pin(self.write(req, &route, &upstream, peer)).await
         } else {
-            self.pass(req, &route, &upstream, peer).await
+            Box::pin(self.pass(req, &route, &upstream, peer)).await
         };
         // Why Outpost answered itself, for Cache-Status (`detail`).
         let failed = match &answer {
@@ -307,21 +317,19 @@ impl Proxy {
             let fwd = &self.forwarder;
             // Players fetch media without credentials: media lives in the anonymous partition.
             let key_of = |uri: &Uri| fwd.key_of(key::ANONYMOUS, uri);
-            let hooked = self
-                .media
-                .on_answer(
-                    resp,
-                    &media,
-                    &Asked {
-                        from_network: outcome.from_network(),
-                        partition: &partition,
-                        // An answer with queued writes in it is not what the server lists.
-                        list: pin_list.as_deref().filter(|_| !overlaid),
-                        local_base: local_base.as_deref(),
-                    },
-                    &key_of,
-                )
-                .await;
+            let hooked = Box::pin(self.media.on_answer(
+                resp,
+                &media,
+                &Asked {
+                    from_network: outcome.from_network(),
+                    partition: &partition,
+                    // An answer with queued writes in it is not what the server lists.
+                    list: pin_list.as_deref().filter(|_| !overlaid),
+                    local_base: local_base.as_deref(),
+                },
+                &key_of,
+            ))
+            .await;
             match hooked {
                 Ok((hooked, prefetch)) => {
                     resp = hooked;
@@ -362,7 +370,7 @@ impl Proxy {
         }
         // Ours, also over an id a stored answer carries from the request that filled it.
         resp.headers_mut().insert(reqlog::REQUEST_ID, seen.id().clone());
-        seen.log(route.name, upstream.name(), resp.status(), outcome);
+        seen.log(&self.log_redact, route.name, upstream.name(), resp.status(), outcome);
         self.metrics.request(
             route.name,
             &route.policy.kind,

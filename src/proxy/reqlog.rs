@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::cache::Outcome;
 
@@ -20,8 +20,8 @@ pub use crate::config::DEFAULT_REDACT;
 /// What the log line of one request says about the request itself.
 pub struct Seen {
     method: Method,
-    /// Path and redacted query.
-    target: String,
+    /// The request target (cloning a `Uri` shares its bytes); redacted only when the line is written.
+    uri: Uri,
     /// The request id (also on the request and the answer).
     id: HeaderValue,
     started: Instant,
@@ -29,7 +29,7 @@ pub struct Seen {
 
 impl Seen {
     /// Notes the request; takes its `X-Request-Id` or sets a new one in `headers`.
-    pub fn new(method: &Method, path: &str, query: Option<&str>, headers: &mut HeaderMap, redact: &[String]) -> Seen {
+    pub fn new(method: &Method, uri: Uri, headers: &mut HeaderMap) -> Seen {
         let id = match headers.get(&REQUEST_ID) {
             Some(v) if usable(v) => v.clone(),
             _ => {
@@ -38,13 +38,9 @@ impl Seen {
                 id
             }
         };
-        let target = match query {
-            Some(q) => format!("{path}?{}", redacted(q, redact)),
-            None => path.to_string(),
-        };
         Seen {
             method: method.clone(),
-            target,
+            uri,
             id,
             started: Instant::now(),
         }
@@ -60,13 +56,24 @@ impl Seen {
         self.started
     }
 
-    /// Writes the request's log line.
-    pub fn log(&self, route: &str, upstream: &str, status: StatusCode, outcome: Outcome) {
+    /// The path with its query, the values of `redact`'s parameters replaced.
+    fn target(&self, redact: &[String]) -> String {
+        match self.uri.query() {
+            Some(q) => format!("{}?{}", self.uri.path(), redacted(q, redact)),
+            None => self.uri.path().to_string(),
+        }
+    }
+
+    /// Writes the request's log line (nothing is formatted when the level leaves it out).
+    pub fn log(&self, redact: &[String], route: &str, upstream: &str, status: StatusCode, outcome: Outcome) {
+        if !tracing::enabled!(target: "outpost::request", tracing::Level::INFO) {
+            return;
+        }
         tracing::info!(
             target: "outpost::request",
             id = self.id.to_str().unwrap_or("-"),
             method = %self.method,
-            path = self.target.as_str(),
+            path = self.target(redact).as_str(),
             route,
             upstream,
             status = status.as_u16(),
@@ -164,13 +171,13 @@ mod tests {
     fn a_usable_request_id_is_kept_and_a_missing_or_odd_one_replaced() {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("app-42"));
-        let seen = Seen::new(&Method::GET, "/a", None, &mut h, &[]);
+        let seen = Seen::new(&Method::GET, Uri::from_static("/a"), &mut h);
         assert_eq!(seen.id(), "app-42");
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
-        let seen = Seen::new(&Method::GET, "/a", Some("k=v"), &mut h, &[]);
+        let seen = Seen::new(&Method::GET, Uri::from_static("/a?k=v&token=t"), &mut h);
         assert_eq!(seen.id().len(), 16);
         assert_eq!(h.get(REQUEST_ID), Some(seen.id()), "the new id goes upstream");
-        assert_eq!(seen.target, "/a?k=v");
+        assert_eq!(seen.target(&["token".to_string()]), "/a?k=v&token=REDACTED");
     }
 }
