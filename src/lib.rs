@@ -203,8 +203,8 @@ impl Outpost {
             regions,
             move |req, peer| {
                 // The pipeline in force when the request arrived serves it to the end, across a reload.
-                let proxy = handler.proxy.load_full();
-                async move { proxy.handle(req, peer).await }
+                // (The future is the handler's own: no wrapping future to move it into.)
+                handler.proxy.load_full().handle(req, peer)
             },
         );
         let token = admin::load_or_create_token(&config.data_dir).map_err(|e| {

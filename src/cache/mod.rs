@@ -55,10 +55,28 @@ pub struct Hit {
     pub entry: Entry,
 }
 
+/// What a stored head says about its freshness, read once per stored head and shared by every hit on
+/// it (parsing `Cache-Control`, `Date` and `Age` on every hit was about 4 % of a hit's CPU).
+#[derive(Debug, Clone)]
+struct HeadFacts {
+    cc: CacheControl,
+    date: Option<SystemTime>,
+    age_value: Duration,
+}
+
 impl Hit {
+    fn facts(&self) -> HeadFacts {
+        self.entry.headers.derived(|h| HeadFacts {
+            cc: CacheControl::of_response(h),
+            date: policy::date_header(h, header::DATE),
+            age_value: policy::age_value(h),
+        })
+    }
+
     /// §4.2.3 current age at `now`.
-    pub fn age(&self, headers: &HeaderMap, now: SystemTime) -> Duration {
-        policy::current_age(headers, self.times(), now)
+    pub fn age(&self, now: SystemTime) -> Duration {
+        let facts = self.facts();
+        policy::current_age_of(facts.age_value, facts.date, self.times(), now)
     }
 
     /// When the exchange happened.
@@ -82,10 +100,10 @@ impl Hit {
         }
         let headers = self.entry.headers.map();
         let status = StatusCode::from_u16(self.entry.status).unwrap_or(StatusCode::OK);
-        // Read once for both: parsing the directives was about 3 % of a hit's CPU when done twice.
-        let cc = CacheControl::of_response(headers);
-        let lifetime = policy::freshness_lifetime_of(&cc, role, status, headers, ttl);
-        policy::evaluate_of(req_headers, lifetime, self.age(headers, now), &cc)
+        let facts = self.facts();
+        let lifetime = policy::freshness_lifetime_of(&facts.cc, role, status, headers, ttl);
+        let age = policy::current_age_of(facts.age_value, facts.date, self.times(), now);
+        policy::evaluate_of(req_headers, lifetime, age, &facts.cc)
     }
 
     /// What this stored response is worth for a request at `now` (the input of [`decide`]).
@@ -102,7 +120,7 @@ impl Hit {
     /// True when the origin said the stored response must not be served stale once it was checked
     /// and found failing (`must-revalidate`): a 5xx on revalidation is passed on, not covered.
     pub fn must_revalidate(&self) -> bool {
-        CacheControl::of_response(self.entry.headers.map()).must_revalidate
+        self.facts().cc.must_revalidate
     }
 }
 
@@ -373,7 +391,7 @@ impl Cache {
         self.ensure_verified(hit).await?;
         self.budget.touch(&hit.key);
         let headers = hit.entry.header_map();
-        let age = hit.age(&headers, now);
+        let age = hit.age(now);
         let size = hit.entry.size;
         // A range of coded bytes is useless to a client that does not accept the coding: it gets the
         // whole answer, which the proxy decodes as it streams.

@@ -262,7 +262,8 @@ pub fn storable(
     Ok(())
 }
 
-fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+/// The HTTP-date in field `name`, if there is a valid one.
+pub fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -329,8 +330,17 @@ pub struct ExchangeTimes {
 
 /// §4.2.3 current_age.
 pub fn current_age(headers: &HeaderMap, times: ExchangeTimes, now: SystemTime) -> Duration {
-    let age_value = age_value(headers);
-    let date_value = date_header(headers, header::DATE).unwrap_or(times.response_time);
+    current_age_of(age_value(headers), date_header(headers, header::DATE), times, now)
+}
+
+/// §4.2.3 current_age from the stored `Age` (as [`age_value`] reads it) and `Date` values.
+pub fn current_age_of(
+    age_value: Duration,
+    date: Option<SystemTime>,
+    times: ExchangeTimes,
+    now: SystemTime,
+) -> Duration {
+    let date_value = date.unwrap_or(times.response_time);
     let apparent_age = times.response_time.duration_since(date_value).unwrap_or(Duration::ZERO);
     let response_delay = times
         .response_time
@@ -347,7 +357,7 @@ const UNTRUSTED_AGE: Duration = Duration::from_secs(u32::MAX as u64);
 
 /// §5.1 `Age`: one non-negative integer. Absent is 0; a list (`old, 0`), repeated lines, a sign or
 /// anything else is invalid, and an invalid Age makes the response stale rather than fresh.
-fn age_value(headers: &HeaderMap) -> Duration {
+pub fn age_value(headers: &HeaderMap) -> Duration {
     let mut lines = headers.get_all(header::AGE).iter();
     let Some(first) = lines.next() else {
         return Duration::ZERO;

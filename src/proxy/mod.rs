@@ -161,7 +161,7 @@ impl Proxy {
     }
 
     /// Handles one client request end to end; never fails (errors become responses).
-    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    pub async fn handle<B>(self: Arc<Self>, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<body::BoxError>,
@@ -488,6 +488,10 @@ fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
 /// True when a path has a `..` segment once `%2e`, `%2f` and `%5c` are decoded and `\` counts as a
 /// separator (some upstreams and file servers treat them so: `/%2e%2e/`, `..\`).
 fn has_dot_dot(path: &str) -> bool {
+    // Most paths have no dot and no escape: nothing to decode (this runs on every request).
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
     let lower = path.to_ascii_lowercase();
     let decoded = lower
         .replace("%2e", ".")

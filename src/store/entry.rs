@@ -81,12 +81,12 @@ impl Entry {
 
     /// The headers as a `HeaderMap`.
     pub fn header_map(&self) -> http::HeaderMap {
-        (*self.headers.0).clone()
+        self.headers.map().clone()
     }
 
     /// Replaces the stored headers.
     pub fn set_headers(&mut self, h: &http::HeaderMap) {
-        self.headers = StoredHeaders(std::sync::Arc::new(h.clone()));
+        self.headers = StoredHeaders::from_map(h.clone());
     }
 }
 
@@ -94,26 +94,56 @@ impl Entry {
 /// `[name, value]` pairs, the value as text when it is visible ASCII (nearly always) and as an array of
 /// bytes otherwise — records written before text values existed (bytes only) read the same. Invalid stored
 /// names or values are skipped when read, never a panic.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredHeaders(std::sync::Arc<http::HeaderMap>);
+#[derive(Debug, Clone, Default)]
+pub struct StoredHeaders(std::sync::Arc<SharedHead>);
+
+/// The fields and what a reader derived from them once (see [`StoredHeaders::derived`]).
+#[derive(Debug, Default)]
+struct SharedHead {
+    map: http::HeaderMap,
+    derived: std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl PartialEq for StoredHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.map == other.0.map
+    }
+}
+
+impl Eq for StoredHeaders {}
 
 impl StoredHeaders {
     /// Fields read back from a record.
     pub(super) fn from_map(h: http::HeaderMap) -> StoredHeaders {
-        StoredHeaders(std::sync::Arc::new(h))
+        StoredHeaders(std::sync::Arc::new(SharedHead {
+            map: h,
+            derived: std::sync::OnceLock::new(),
+        }))
     }
 
     /// The fields.
     pub fn map(&self) -> &http::HeaderMap {
-        &self.0
+        &self.0.map
+    }
+
+    /// A value computed from the fields by `f` once per stored head and shared by every clone of it
+    /// (a hit then reads its freshness facts without parsing the fields again). The fields never
+    /// change after a head is read, so the value cannot go stale. One type per head: a caller asking
+    /// for another type than the first gets `f` computed each time.
+    pub fn derived<T: std::any::Any + Send + Sync + Clone>(&self, f: impl Fn(&http::HeaderMap) -> T) -> T {
+        let slot = self.0.derived.get_or_init(|| std::sync::Arc::new(f(&self.0.map)));
+        match slot.downcast_ref::<T>() {
+            Some(v) => v.clone(),
+            None => f(&self.0.map),
+        }
     }
 }
 
 impl Serialize for StoredHeaders {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (n, v) in self.0.iter() {
+        let mut seq = s.serialize_seq(Some(self.0.map.len()))?;
+        for (n, v) in self.0.map.iter() {
             // Text is a third of the size of a byte array in JSON and faster to read back.
             match v.to_str() {
                 Ok(text) => seq.serialize_element(&(n.as_str(), text))?,
@@ -162,7 +192,7 @@ impl<'de> Deserialize<'de> for StoredHeaders {
                 h.append(n, v);
             }
         }
-        Ok(StoredHeaders(std::sync::Arc::new(h)))
+        Ok(StoredHeaders::from_map(h))
     }
 }
 
@@ -812,6 +842,32 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_derived_from_stored_fields_is_computed_once_and_shared_by_clones() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut map = http::HeaderMap::new();
+        map.insert(http::header::AGE, http::HeaderValue::from_static("7"));
+        let head = StoredHeaders::from_map(map);
+        let copy = head.clone();
+        let calls = AtomicUsize::new(0);
+        let age = |h: &http::HeaderMap| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            h.get(http::header::AGE).map(|v| v.as_bytes().to_vec())
+        };
+        assert_eq!(head.derived(age), Some(b"7".to_vec()));
+        assert_eq!(copy.derived(age), Some(b"7".to_vec()));
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "computed once for the head and its clone"
+        );
+        // Another type than the first is computed each time, never mistaken for the kept one.
+        assert_eq!(copy.derived(|h| h.len()), 1);
+        // A new head (new fields) starts empty.
+        assert_eq!(StoredHeaders::from_map(http::HeaderMap::new()).derived(age), None);
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn a_commit_pointing_at_a_blob_evicted_meanwhile_is_refused() {
