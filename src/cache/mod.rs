@@ -349,14 +349,24 @@ impl Cache {
 
     /// Checks the body of `hit` if this process has not yet (or always with `verify_on_read`). A body
     /// that fails is deleted along with the entry, and the hit becomes a miss.
+    /// True when `hit`'s body may be served without checking it first: a body kept with its entry was
+    /// checked against its hash when the record was read, a file once per run; with `verify_on_read`
+    /// the file is checked on every use all the same.
+    fn known_good(&self, hit: &Hit) -> bool {
+        let known = hit.entry.inline.is_some()
+            || self
+                .verified
+                .lock()
+                .map(|s| s.contains(&hit.entry.blob))
+                .unwrap_or(false);
+        known && !self.verify_on_read
+    }
+
     async fn ensure_verified(&self, hit: &Hit) -> Result<(), CacheError> {
-        let hash = &hit.entry.blob;
-        // A body kept with its entry was checked against its hash when the record was read; with
-        // `verify_on_read` the file is checked on every use all the same.
-        let known_good = hit.entry.inline.is_some() || self.verified.lock().map(|s| s.contains(hash)).unwrap_or(false);
-        if known_good && !self.verify_on_read {
+        if self.known_good(hit) {
             return Ok(());
         }
+        let hash = &hit.entry.blob;
         let storage = self.storage.clone();
         let (key, entry) = (hit.key.clone(), hit.entry.clone());
         let blob_err = |reason: String| CacheError::Blob {
@@ -389,6 +399,33 @@ impl Cache {
             return Ok(resp);
         }
         self.ensure_verified(hit).await?;
+        self.respond_checked(hit, req_headers, head_only, now)
+    }
+
+    /// [`Cache::respond`] without waiting: `None` when the body must be checked first (then
+    /// `respond` does it). Most hits take this path, and a request's future then holds no state for it.
+    pub fn respond_now(
+        &self,
+        hit: &Hit,
+        req_headers: &HeaderMap,
+        head_only: bool,
+        now: SystemTime,
+    ) -> Option<Result<Response<ProxyBody>, CacheError>> {
+        if let Some(resp) = not_modified_for_client(hit, req_headers) {
+            return Some(Ok(resp));
+        }
+        self.known_good(hit)
+            .then(|| self.respond_checked(hit, req_headers, head_only, now))
+    }
+
+    /// The answer from a stored entry whose body is known good.
+    fn respond_checked(
+        &self,
+        hit: &Hit,
+        req_headers: &HeaderMap,
+        head_only: bool,
+        now: SystemTime,
+    ) -> Result<Response<ProxyBody>, CacheError> {
         self.budget.touch(&hit.key);
         let headers = hit.entry.header_map();
         let age = hit.age(now);

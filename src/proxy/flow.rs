@@ -156,10 +156,18 @@ impl Flow {
         let online = upstream.connectivity().is_online();
         let plan = decide(stored, route.policy.strategy, online, directives);
         match (plan, hit) {
-            (Plan::Serve(outcome), Some(hit)) => self.serve(hit, &req, outcome, route, upstream, peer).await,
+            // The common hit is answered without waiting: nothing of it is kept in this future.
+            (Plan::Serve(outcome), Some(hit)) => {
+                let head = req.method == Method::HEAD;
+                match self.cache.respond_now(&hit, &req.headers, head, now) {
+                    Some(Ok(resp)) => Ok((resp, outcome)),
+                    // A body to check first, or one that failed: the full path (it falls back too).
+                    _ => Box::pin(self.serve(hit, &req, outcome, route, upstream, peer)).await,
+                }
+            }
             (Plan::ServeStaleAndRefresh, Some(hit)) => {
                 self.refresh_in_background(req.clone(), upstream.clone(), hit.clone(), peer);
-                self.serve(hit, &req, Outcome::Stale, route, upstream, peer).await
+                Box::pin(self.serve(hit, &req, Outcome::Stale, route, upstream, peer)).await
             }
             (Plan::Revalidate, Some(hit)) => Box::pin(self.revalidate(hit, req, route, upstream, peer)).await,
             (Plan::NotCached, _) => Err(ProxyError::NotCached {
