@@ -10,6 +10,9 @@ LOGGING=on gives every proxy its default request log, written to a file: Outpost
 `access_log`, Varnish `varnishncsa`; off (the default): no per-request logs anywhere.
 URLS=2000,20000,100000: the working sets of scenario 8 (1 KiB hits at random over that many cached URLs).
 OUTPOST_MEMORY=64MiB sets Outpost's `[cache] memory` (its default otherwise).
+FLOOR=on (the default) also runs scenarios 1 and 8 against examples/floor.rs: hyper answering every request
+with the same 1 KiB and a hit's header fields, and doing nothing else. It is no proxy; it shows how much of
+the machine a server on hyper and tokio can reach here, and how far below it Outpost is.
 """
 
 import json
@@ -28,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 OUTPOST = os.path.join(BIN, "outpost")
 FILL = os.path.join(BIN, "examples", "fill_store")
+FLOOR_BIN = os.path.join(BIN, "examples", "floor")
+FLOOR = os.environ.get("FLOOR", "on") == "on"
 RUNS = int(os.environ.get("RUNS", "5"))
 # ONLY=1,2,3 runs just those scenarios (for profiling; the recorded table runs all).
 ONLY = {int(x) for x in os.environ.get("ONLY", "1,2,3,4,5,6,7,8,9").split(",") if x.strip()}
@@ -321,6 +326,26 @@ class Varnish:
             self.p.wait()
 
 
+class Floor:
+    """examples/floor.rs: not a proxy, the most a hyper server reaches on this machine (see FLOOR)."""
+    name = "hyper floor"
+
+    def __init__(self):
+        self.port = free_port()
+        self.p = subprocess.Popen([FLOOR_BIN, str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def rss_peak_kb(self):
+        return proc_kb(self.p.pid, "VmHWM")
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+
+
 def lua(work, name, text):
     path = os.path.join(work, name)
     with open(path, "w") as f:
@@ -426,6 +451,7 @@ def main():
     ng = Nginx(origin, work)
     vn = Varnish(origin, work)
     proxies = [op, ng, vn]
+    floor = [Floor()] if FLOOR else []
     rows = []
     notes = [f"Logging: {'each proxy with its default request log to a file (Outpost info line, nginx access_log, varnishncsa)' if LOGGING else 'no per-request logs anywhere (Outpost RUST_LOG=warn, nginx access_log off, no varnishncsa)'}."]
     try:
@@ -453,7 +479,8 @@ end
         ]
         for title, path, conns, script, unit in scenarios:
             if int(title[0]) in ONLY:
-                run_scenario(proxies, title, path, conns, script, unit, rows)
+                extra = floor if title.startswith("1.") else []
+                run_scenario(proxies + extra, title, path, conns, script, unit, rows)
 
         # 8. The working set: 1 KiB hits at random over N cached URLs, each its own body.
         if 8 in ONLY:
@@ -473,7 +500,7 @@ request = function()
   return wrk.format("GET", "/api/v1/sized/1024?i=" .. math.random(0, {n - 1}))
 end
 """)
-                run_scenario(proxies, f"8. 1 KiB hits over {n:,} URLs, 64 conns", "/", 64, script, "rps", rows)
+                run_scenario(proxies + floor, f"8. 1 KiB hits over {n:,} URLs, 64 conns", "/", 64, script, "rps", rows)
                 # Outpost reads its records through memory-mapped files: what it holds itself (anon) is
                 # told apart from page-cache pages that count towards its RSS once touched (file).
                 notes.append(f"Outpost after {n:,} URLs: RSS {proc_kb(op.p.pid, 'VmRSS') / 1024:.0f} MiB = "
@@ -493,7 +520,7 @@ end
                      f"max {fb[-1]:.2f} ms.")
 
         if 4 not in ONLY:
-            return finish(rows, notes, peak, [], [], proxies, origin, work)
+            return finish(rows, notes, peak, [], [], proxies + floor, origin, work)
         # 4. Offline: the origin black-holed; stale answers served (Varnish: grace).
         time.sleep(1.5)
         origin.fault("black_hole")
@@ -552,7 +579,7 @@ wrk.headers["Content-Type"] = "application/octet-stream"
             print(notes[-1], flush=True)
         origin.fault("up")
     finally:
-        for p in proxies:
+        for p in proxies + floor:
             p.stop()
 
     return finish(rows, notes, peak, None, None, None, origin, work)
@@ -615,6 +642,10 @@ def table(rows, notes, peak, starts, rest):
                 if best_run:
                     pairs.append(o[unit] / best_run)
             won = sum(1 for r in pairs if r >= 1.0)
+            if res.get(Floor.name):
+                fl = median([r[unit] for r in res[Floor.name]])
+                notes.append(f"{title}: hyper floor (examples/floor.rs, no proxy) {fl:,.0f} req/s; Outpost at "
+                             f"{val[Outpost.name] / fl:.0%} of it, the better other at {val[best] / fl:.0%}")
             notes.append(f"{title}: per-round ratios to the better other " + ", ".join(f"{r:.2f}" for r in pairs)
                          + f" (Outpost ahead in {won} of {len(pairs)})")
         else:

@@ -8,5 +8,5 @@ command -v wrk >/dev/null && command -v nginx >/dev/null && command -v varnishd 
     echo "installing wrk, nginx and varnish" >&2
     apt-get install -y wrk nginx varnish >/dev/null
 }
-cargo build --release --bin outpost --example fill_store
+cargo build --release --bin outpost --example fill_store --example floor
 exec python3 benches/load.py "$@"
