@@ -42,6 +42,7 @@ pub mod encoding;
 pub mod evict;
 pub mod headers;
 pub mod import;
+pub mod logbuf;
 pub mod media;
 pub mod platform;
 pub mod proxy;

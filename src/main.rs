@@ -295,39 +295,37 @@ enum QueueAction {
 /// or blocked stderr never holds a request; past 64k queued lines new ones are dropped and counted).
 /// Lines stay whole and in order; the returned guard writes out what is queued when dropped, at exit.
 /// Colour only when stderr is a terminal.
-fn init_logging(format: LogFormat) -> Logging {
+fn init_logging(format: LogFormat) -> anyhow::Result<Logging> {
     init_logging_at(format, "info")
 }
 
 /// Logging with `default` as the filter when `RUST_LOG` is not set.
-fn init_logging_at(format: LogFormat, default: &str) -> Logging {
+fn init_logging_at(format: LogFormat, default: &str) -> anyhow::Result<Logging> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("outpost-log")
-        .finish(std::io::stderr());
-    let dropped = writer.error_counter();
+    // Past 8 MiB of lines waiting for stderr (tens of thousands), new ones are dropped and counted.
+    let (writer, guard) = outpost::logbuf::spawn(std::io::stderr(), 8 << 20, "outpost-log")
+        .map_err(|e| anyhow::anyhow!("cannot start the log writer thread: {e}"))?;
+    let dropped = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(move || writer.clone());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    Logging {
+    Ok(Logging {
         guard: Some(guard),
         dropped,
-    }
+    })
 }
 
 /// Keeps the log writer thread until the command ends.
 struct Logging {
-    guard: Option<tracing_appender::non_blocking::WorkerGuard>,
-    dropped: tracing_appender::non_blocking::ErrorCounter,
+    guard: Option<outpost::logbuf::Guard>,
+    dropped: outpost::logbuf::LineWriter,
 }
 
 impl Drop for Logging {
@@ -426,7 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => Config::load(path, &overrides)?,
                 None => Config::from_overrides(&overrides)?,
             };
-            let _logging = init_logging(flag_format.unwrap_or(config.log_format));
+            let _logging = init_logging(flag_format.unwrap_or(config.log_format))?;
             let outpost = Outpost::start(config).await?;
             let stop = outpost::platform::stop_requested();
             let mut reload = outpost::platform::ReloadSignal::listen();
@@ -482,7 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Demo { keep_running, verbose } => {
             let level = if verbose { "info" } else { "error" };
-            let _logging = init_logging_at(flag_format.unwrap_or(LogFormat::Text), level);
+            let _logging = init_logging_at(flag_format.unwrap_or(LogFormat::Text), level)?;
             let report = outpost::demo::story::run(keep_running).await.context("demo")?;
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
@@ -496,7 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             control,
             audio_size,
         } => {
-            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text))?;
             let backend = DemoBackend::start(DemoOptions {
                 api: listen,
                 media,
@@ -537,7 +535,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key_file,
             key_env,
         } => {
-            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text));
+            let _logging = init_logging(flag_format.unwrap_or(LogFormat::Text))?;
             let tmp = std::fs::read_dir(data_dir.join("blobs").join("tmp"))
                 .map(|d| d.count())
                 .unwrap_or(0);
