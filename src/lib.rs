@@ -23,6 +23,7 @@
 //! - [`server`]: accept loops and graceful shutdown shared by the proxy, the admin API and the demo backend.
 //! - [`sendfile`]: stored bodies sent from the blob file to the socket with `sendfile(2)` (no copy).
 //! - [`platform`]: everything that differs between Linux, macOS and Windows, each with a portable fallback.
+//! - [`logbuf`]: the log writer `outpost serve` logs through: lines appended, written out in batches.
 //! - [`body`], [`headers`], [`clock`], [`units`]: the streamed body type and small JSON answers,
 //!   hop-by-hop rules, the one wall clock (pausable in tests), sizes and durations.
 //!

@@ -347,8 +347,6 @@ impl Cache {
         hit
     }
 
-    /// Checks the body of `hit` if this process has not yet (or always with `verify_on_read`). A body
-    /// that fails is deleted along with the entry, and the hit becomes a miss.
     /// True when `hit`'s body may be served without checking it first: a body kept with its entry was
     /// checked against its hash when the record was read, a file once per run; with `verify_on_read`
     /// the file is checked on every use all the same.
@@ -362,6 +360,8 @@ impl Cache {
         known && !self.verify_on_read
     }
 
+    /// Checks the body of `hit` if this process has not yet (or always with `verify_on_read`). A body
+    /// that fails is deleted along with the entry, and the hit becomes a miss.
     async fn ensure_verified(&self, hit: &Hit) -> Result<(), CacheError> {
         if self.known_good(hit) {
             return Ok(());

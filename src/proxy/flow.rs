@@ -155,6 +155,7 @@ impl Flow {
         };
         let online = upstream.connectivity().is_online();
         let plan = decide(stored, route.policy.strategy, online, directives);
+        // Slow paths are boxed, so this future (part of every request's) stays small.
         match (plan, hit) {
             // The common hit is answered without waiting: nothing of it is kept in this future.
             (Plan::Serve(outcome), Some(hit)) => {
