@@ -395,8 +395,8 @@ impl Cache {
         head_only: bool,
         now: SystemTime,
     ) -> Result<Response<ProxyBody>, CacheError> {
-        if let Some(resp) = not_modified_for_client(hit, req_headers) {
-            return Ok(resp);
+        if let Some(answer) = self.respond_now(hit, req_headers, head_only, now) {
+            return answer;
         }
         self.ensure_verified(hit).await?;
         self.respond_checked(hit, req_headers, head_only, now)
