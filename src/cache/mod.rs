@@ -75,7 +75,10 @@ impl Hit {
 
     /// §4.2.3 current age at `now`.
     pub fn age(&self, now: SystemTime) -> Duration {
-        let facts = self.facts();
+        self.age_with(&self.facts(), now)
+    }
+
+    fn age_with(&self, facts: &HeadFacts, now: SystemTime) -> Duration {
         policy::current_age_of(facts.age_value, facts.date, self.times(), now)
     }
 
@@ -102,8 +105,7 @@ impl Hit {
         let status = StatusCode::from_u16(self.entry.status).unwrap_or(StatusCode::OK);
         let facts = self.facts();
         let lifetime = policy::freshness_lifetime_of(&facts.cc, role, status, headers, ttl);
-        let age = policy::current_age_of(facts.age_value, facts.date, self.times(), now);
-        policy::evaluate_of(req_headers, lifetime, age, &facts.cc)
+        policy::evaluate_of(req_headers, lifetime, self.age_with(&facts, now), &facts.cc)
     }
 
     /// What this stored response is worth for a request at `now` (the input of [`decide`]).
