@@ -4,7 +4,8 @@
 //! Order: blobs no entry references (refcount 0) first, then least recently used entries (which release
 //! their blobs). Pinned entries are never evicted; if only pinned content is left over the budget, new
 //! fills are not stored (`accepting() == false`) rather than evicting pins. Recording an access is an
-//! in-memory `lru` update; the order is persisted to the `access` column family in batches (every entry
+//! in-memory `lru` update; the order is persisted to the `access` column family in batches, an entry's
+//! time at most once per [`PERSIST_GRAIN_MS`] while it is hit and exactly at a clean stop (every entry
 //! also gets a record there in the batch that commits it, so start-up loads the order from `access` alone).
 //! A key whose entry is gone (an access persisted just after a removal) is dropped when it is reached; one
 //! whose record was dropped in that race gets it back at the next persist, since its commit touched it.
@@ -75,12 +76,26 @@ pub struct EvictionCounts {
 
 /// The access order and the accesses not yet persisted, under one lock: a hit takes it once.
 struct Order {
-    /// Least recently used first; values are last-access times (ms since the epoch).
-    lru: LruCache<Vec<u8>, u64>,
+    /// Least recently used first, with each key's last access.
+    lru: LruCache<Vec<u8>, Seen>,
     /// Accesses not yet persisted, one slot per key (a hot key costs no memory per hit). Hashed with
     /// foldhash, not SipHash: the keys are ours, and SipHash was a visible share of a hit's CPU.
     dirty: hashbrown::HashMap<Vec<u8>, u64>,
 }
+
+/// When an entry was last used and the access time last persisted for it (ms since the epoch).
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    at: u64,
+    saved: u64,
+}
+
+/// A hit persists its access time only when the one persisted for its entry is at least this old: with a
+/// working set of 100,000 URLs hit at random, persisting every hit's time rewrote most of `access` every
+/// five seconds (see docs/benchmarks.md). The order in memory is exact; after a crash the persisted one
+/// may be this much behind (a clean stop persists it exactly), which moves an entry in the LRU order by at
+/// most this much and its `max_unused` expiry by at most this much earlier.
+const PERSIST_GRAIN_MS: u64 = 60_000;
 
 /// The budget keeper.
 pub struct Evictor {
@@ -139,7 +154,7 @@ impl Evictor {
         keys.sort_by_key(|(_, t)| *t);
         let mut loaded = LruCache::unbounded();
         for (k, t) in keys {
-            loaded.put(k, t);
+            loaded.put(k, Seen { at: t, saved: t });
         }
         let n = loaded.len();
         if let Ok(mut o) = self.order.lock() {
@@ -262,16 +277,29 @@ impl Evictor {
         }
     }
 
-    /// A stored response was used (cheap: memory only).
+    /// A stored response was used (cheap: memory only; persisted later, see [`PERSIST_GRAIN_MS`]).
     pub fn touch(&self, key: &[u8]) {
         let now = now_ms();
         if let Ok(mut o) = self.order.lock() {
-            if let Some(t) = o.lru.get_mut(key) {
-                *t = now;
-            } else {
-                o.lru.put(key.to_vec(), now);
+            let persist = match o.lru.get_mut(key) {
+                Some(seen) => {
+                    seen.at = now;
+                    let due = now.saturating_sub(seen.saved) >= PERSIST_GRAIN_MS;
+                    if due {
+                        seen.saved = now;
+                    }
+                    due
+                }
+                None => {
+                    // A new key (its commit) is always persisted: its commit batch's record may have
+                    // raced a removal (see the module doc).
+                    o.lru.put(key.to_vec(), Seen { at: now, saved: now });
+                    true
+                }
+            };
+            if persist {
+                *o.dirty.entry_ref(key).or_insert(now) = now;
             }
-            *o.dirty.entry_ref(key).or_insert(now) = now;
         }
     }
 
@@ -435,7 +463,7 @@ impl Evictor {
         let mut kept = Vec::new();
         loop {
             let next = self.order.lock().ok().and_then(|mut o| {
-                let old = o.lru.peek_lru().is_some_and(|(_, t)| *t < cutoff);
+                let old = o.lru.peek_lru().is_some_and(|(_, t)| t.at < cutoff);
                 if old {
                     o.lru.pop_lru()
                 } else {
@@ -458,13 +486,25 @@ impl Evictor {
         Ok(freed)
     }
 
-    fn persist_access(&self) {
-        let dirty = self
+    /// Writes the accesses due; `exact` (at a stop) also those within [`PERSIST_GRAIN_MS`] of the last one
+    /// persisted, so a clean restart keeps the exact order.
+    fn persist_access(&self, exact: bool) {
+        let batch: Vec<(Vec<u8>, u64)> = self
             .order
             .lock()
-            .map(|mut o| std::mem::take(&mut o.dirty))
+            .map(|mut o| {
+                let mut dirty = std::mem::take(&mut o.dirty);
+                if exact {
+                    for (k, seen) in o.lru.iter_mut() {
+                        if seen.at > seen.saved {
+                            seen.saved = seen.at;
+                            dirty.insert(k.clone(), seen.at);
+                        }
+                    }
+                }
+                dirty.into_iter().collect()
+            })
             .unwrap_or_default();
-        let batch: Vec<(Vec<u8>, u64)> = dirty.into_iter().collect();
         if batch.is_empty() {
             return;
         }
@@ -497,7 +537,7 @@ impl Evictor {
             tokio::select! {
                 _ = &mut stop => {
                     let me = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || me.persist_access()).await;
+                    let _ = tokio::task::spawn_blocking(move || me.persist_access(true)).await;
                     return;
                 }
                 _ = self.wake.notified() => {}
@@ -505,7 +545,7 @@ impl Evictor {
             }
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                me.persist_access();
+                me.persist_access(false);
                 if let Err(e) = me.expire_unused() {
                     tracing::error!(error = %e, "expiring unused entries failed");
                 }
@@ -628,5 +668,42 @@ mod tests {
         }
         let _ = tx.send(());
         task.await.unwrap();
+    }
+
+    /// Hits persist an entry's access time at most once per grain; a clean stop persists the exact one.
+    #[tokio::test(start_paused = true)]
+    async fn access_times_are_persisted_once_per_grain_and_exactly_at_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let a = commit(&store, "/a.mp3");
+        let ev = Evictor::open(store.clone(), 1 << 30, true, None).unwrap();
+        let persisted = || -> u64 {
+            let times = store.entry_access_times().unwrap();
+            times.iter().find(|(k, _)| *k == a).map(|(_, t)| *t).unwrap()
+        };
+        ev.committed(&a, 1);
+        let t0 = now_ms();
+        ev.persist_access(false);
+        assert_eq!(persisted(), t0, "a new entry's access is persisted");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..100 {
+            ev.touch(&a);
+        }
+        assert!(
+            ev.order.lock().unwrap().dirty.is_empty(),
+            "hits within the grain write nothing"
+        );
+        ev.persist_access(false);
+        assert_eq!(persisted(), t0);
+        tokio::time::advance(Duration::from_millis(PERSIST_GRAIN_MS)).await;
+        ev.touch(&a);
+        ev.persist_access(false);
+        assert_eq!(persisted(), now_ms(), "a hit a grain later is persisted");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ev.touch(&a);
+        ev.persist_access(false);
+        assert_eq!(persisted(), now_ms() - 1000);
+        ev.persist_access(true);
+        assert_eq!(persisted(), now_ms(), "a stop persists the exact last use");
     }
 }

@@ -320,7 +320,8 @@ mod store_ops {
                 52..=59 => {
                     let keys = self.stored_keys();
                     if let Some(k) = pick(rng, &keys) {
-                        if let Some(mut e) = self.store.entry(k).unwrap() {
+                        if let Some(e) = self.store.entry(k).unwrap() {
+                            let mut e = outpost::store::Entry::clone(&e);
                             log.push(format!("update {}", String::from_utf8_lossy(k)));
                             e.response_time_ms += 1000;
                             self.disk().update_entry(k, &e).unwrap();

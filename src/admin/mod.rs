@@ -306,6 +306,7 @@ impl Admin {
             .iter()
             .map(|(r, (n, b))| (r.to_string(), json!({"count": n, "bytes": b})))
             .collect();
+        let (hot, hot_bytes, hot_limit) = self.store.hot_records();
         json!({
             "size_bytes": self.evictor.used(),
             "max_size": self.evictor.max_size(),
@@ -315,6 +316,7 @@ impl Admin {
             "store_write_errors": self.store.write_errors(),
             "encrypted_at_rest": self.store.encrypted(),
             "zero_copy_bytes": self.store.blobs().regions().sent_bytes(),
+            "hot_records": {"count": hot, "bytes": hot_bytes, "limit": hot_limit},
             "kinds": per_kind,
             "evictions": evictions,
             "queue_depth": self.outbox.depth(),

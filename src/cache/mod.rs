@@ -51,8 +51,8 @@ pub enum CacheError {
 pub struct Hit {
     /// Its key (primary or variant).
     pub key: Vec<u8>,
-    /// The stored head and body reference.
-    pub entry: Entry,
+    /// The stored head and body reference (shared with the store's hot records).
+    pub entry: std::sync::Arc<Entry>,
 }
 
 /// What a stored head says about its freshness, read once per stored head and shared by every hit on
@@ -294,7 +294,7 @@ impl Cache {
             let Some(hit) = self.lookup(&other, &HeaderMap::new())? else {
                 continue;
             };
-            let mut entry = hit.entry.clone();
+            let mut entry = Entry::clone(&hit.entry);
             entry.group = None;
             entry.invalidated = false;
             self.storage.link(primary, &entry)?;
@@ -302,7 +302,7 @@ impl Cache {
             tracing::debug!(media_id = %id, "served from another URL of the same media (alias)");
             return Ok(Some(Hit {
                 key: primary.to_vec(),
-                entry,
+                entry: Arc::new(entry),
             }));
         }
         Ok(None)
@@ -338,11 +338,12 @@ impl Cache {
         fresh_headers.remove("x-outpost-cache");
         fresh_headers.remove(header::SET_COOKIE);
         policy::update_from_304(&mut headers, &fresh_headers);
-        hit.entry.set_headers(&headers);
+        let entry = Arc::make_mut(&mut hit.entry);
+        entry.set_headers(&headers);
         let now = to_ms(crate::clock::now());
-        hit.entry.request_time_ms = now;
-        hit.entry.response_time_ms = now;
-        hit.entry.invalidated = false;
+        entry.request_time_ms = now;
+        entry.response_time_ms = now;
+        entry.invalidated = false;
         if let Err(e) = self.storage.update_entry(&hit.key, &hit.entry) {
             tracing::warn!(error = %e, "updating a revalidated entry failed");
         }

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::recent::Hot;
 use super::{BlobId, Store, StoreError};
 
 /// A stored response: head, where its body is, and when it was received.
@@ -216,8 +217,9 @@ pub(super) enum Record {
 pub enum Lookup {
     /// Nothing.
     Miss,
-    /// A response without `Vary`, stored at the primary key.
-    Entry(Entry),
+    /// A response without `Vary`, stored at the primary key (shared with the store's hot records, so
+    /// a hit copies nothing of it).
+    Entry(std::sync::Arc<Entry>),
     /// Responses vary on these fields; look up the variant key.
     Vary(Vec<String>),
 }
@@ -252,7 +254,7 @@ pub struct Retained {
 }
 
 impl Store {
-    fn get_record(&self, key: &[u8]) -> Result<Option<Record>, StoreError> {
+    fn get_record(&self, key: &[u8]) -> Result<Option<Hot>, StoreError> {
         let gen = {
             let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((r, _)) = c.map.get(key) {
@@ -263,6 +265,7 @@ impl Store {
         let Some(bytes) = self.db.get_pinned_cf(self.cf("entries"), key)? else {
             return Ok(None);
         };
+        let held = bytes.len();
         let decoded = match self.unseal(key, &bytes) {
             Some(plain) => super::record::decode(&plain, true),
             None => Err("failed authentication".to_string()),
@@ -277,9 +280,10 @@ impl Store {
                         e.inline = None;
                     }
                 }
+                let r = Hot::from(r);
                 let mut c = self.records.lock().unwrap_or_else(|p| p.into_inner());
                 if c.gen == gen && c.admit(key) {
-                    let evicted = c.put(key.to_vec(), r.clone());
+                    let evicted = c.put(key.to_vec(), r.clone(), held);
                     // Freed after the lock: other hits wait for the cache, not for the allocator.
                     drop(c);
                     drop(evicted);
@@ -312,15 +316,15 @@ impl Store {
     pub fn lookup(&self, key: &[u8]) -> Result<Lookup, StoreError> {
         Ok(match self.get_record(key)? {
             None => Lookup::Miss,
-            Some(Record::Entry(e)) => Lookup::Entry(e),
-            Some(Record::Vary(f)) => Lookup::Vary(f),
+            Some(Hot::Entry(e)) => Lookup::Entry(e),
+            Some(Hot::Vary(f)) => Lookup::Vary(f),
         })
     }
 
     /// Reads a variant (or any) entry key.
-    pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+    pub fn entry(&self, key: &[u8]) -> Result<Option<std::sync::Arc<Entry>>, StoreError> {
         Ok(match self.get_record(key)? {
-            Some(Record::Entry(e)) => Some(e),
+            Some(Hot::Entry(e)) => Some(e),
             _ => None,
         })
     }
@@ -565,7 +569,8 @@ impl Store {
             let Some(entry_key) = idx.get(prefix.len() + 8..) else {
                 continue;
             };
-            let Some(mut e) = self.entry(entry_key)? else { continue };
+            let Some(e) = self.entry(entry_key)? else { continue };
+            let mut e = Entry::clone(&e);
             if e.body_dropped {
                 continue;
             }

@@ -93,7 +93,7 @@ mod tests {
             panic!("no entry")
         };
         assert_eq!(
-            (read.inline, read.blob),
+            (read.inline.clone(), read.blob.clone()),
             (None, blob.hash.clone()),
             "the entry stays, without the copy"
         );

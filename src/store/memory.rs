@@ -103,14 +103,14 @@ impl Storage for MemoryStorage {
     fn lookup(&self, key: &[u8]) -> Result<Lookup, StoreError> {
         Ok(match self.state().records.get(key) {
             None => Lookup::Miss,
-            Some(Record::Entry(e)) => Lookup::Entry(e.clone()),
+            Some(Record::Entry(e)) => Lookup::Entry(std::sync::Arc::new(e.clone())),
             Some(Record::Vary(f)) => Lookup::Vary(f.clone()),
         })
     }
 
-    fn entry(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+    fn entry(&self, key: &[u8]) -> Result<Option<std::sync::Arc<Entry>>, StoreError> {
         Ok(match self.state().records.get(key) {
-            Some(Record::Entry(e)) => Some(e.clone()),
+            Some(Record::Entry(e)) => Some(std::sync::Arc::new(e.clone())),
             _ => None,
         })
     }

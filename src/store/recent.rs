@@ -1,13 +1,32 @@
 //! Recently read records of the `entries` family, decoded, bounded by an estimate of their memory
 //! (five eighths of `[cache] memory`): a hot answer costs no RocksDB read and no decoding.
 
-use super::entry::Record;
+use std::sync::Arc;
+
+use super::entry::{Entry, Record};
+
+/// A record as hot records hold it: an entry is shared, so a hit takes it with one reference count
+/// instead of copying its strings (measured at 100,000 distinct URLs, see docs/benchmarks.md).
+#[derive(Clone)]
+pub(super) enum Hot {
+    Entry(Arc<Entry>),
+    Vary(Vec<String>),
+}
+
+impl From<Record> for Hot {
+    fn from(r: Record) -> Hot {
+        match r {
+            Record::Entry(e) => Hot::Entry(Arc::new(e)),
+            Record::Vary(f) => Hot::Vary(f),
+        }
+    }
+}
 
 /// Recently read records, so a hot answer costs no RocksDB read and no decoding. Every write to
 /// `entries` goes through [`super::Store`], which forgets what it wrote; `gen` keeps a read that raced a
 /// write from putting the old record back. Bounded by an estimate of the memory its records take.
 pub(super) struct RecordCache {
-    pub(super) map: lru::LruCache<Vec<u8>, (Record, usize)>,
+    pub(super) map: lru::LruCache<Vec<u8>, (Hot, usize)>,
     pub(super) gen: u64,
     bytes: usize,
     cap: usize,
@@ -24,22 +43,42 @@ pub(super) struct RecordCache {
 /// Bits in the doorkeeper (128 KiB).
 const SEEN_BITS: usize = 1 << 20;
 
-/// What a record held in memory costs, roughly (the key, the strings, each header and the structs).
-fn weight(key: &[u8], r: &Record) -> usize {
+/// What a record held in memory costs: `held`, the bytes of the read value it keeps alive (header values
+/// and the inline body are slices of one copy of it), plus its structures. Counted from their layout, not
+/// guessed per field: a first estimate that summed field lengths was a third below what the process
+/// measured (RSS over 100,000 hot records, see docs/benchmarks.md); a `HeaderMap` holds a power of two of
+/// slots, each larger than the field in it.
+fn weight(key: &[u8], r: &Hot, held: usize) -> usize {
+    use std::mem::size_of;
+    // One entry slot of a `HeaderMap`: name, value, hash and links.
+    const SLOT: usize = size_of::<http::HeaderName>() + size_of::<http::HeaderValue>() + 32;
+    // Each heap block costs its allocator header and rounding, about this much on average.
+    const BLOCK: usize = 16;
     let body = match r {
-        Record::Entry(e) => {
-            let headers: usize = e
-                .headers
-                .map()
+        Hot::Entry(e) => {
+            let map = e.headers.map();
+            // A map has `capacity` entry slots and a power of two of 4-byte indices, a quarter more.
+            let indices = (map.capacity() + map.capacity() / 3).next_power_of_two() * 4;
+            let strings = [&e.blob, &e.kind, &e.route, &e.url]
                 .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 48)
-                .sum();
-            let inline = e.inline.as_ref().map_or(0, |b| b.len());
-            headers + inline + e.blob.len() + e.kind.len() + e.route.len() + e.url.len() + 256
+                .map(|s| s.capacity() + BLOCK)
+                .sum::<usize>();
+            let vary = e
+                .vary
+                .iter()
+                .map(|(a, b)| a.capacity() + b.capacity() + 48 + 2 * BLOCK)
+                .sum::<usize>();
+            let group = e.group.as_ref().map_or(0, |g| g.capacity() + BLOCK);
+            // The entry and its `Arc`, the shared head with its derived facts, the map's two tables.
+            let fixed = size_of::<Entry>() + 16 + 256 + 4 * BLOCK;
+            map.capacity() * SLOT + indices + strings + vary + group + fixed
         }
-        Record::Vary(fields) => fields.iter().map(|f| f.len() + 32).sum::<usize>() + 64,
+        Hot::Vary(fields) => fields.iter().map(|f| f.capacity() + 24 + BLOCK).sum::<usize>() + 64,
     };
-    key.len() + body + 64
+    // The key and the cache's node for it (links, hash slot, the value's tuple), and what the layouts
+    // above miss (table growth, allocator slack): calibrated so 100,000 hot 1 KiB answers count what the
+    // process measured for them, 3.2 KB each (docs/benchmarks.md, 2026-12-05).
+    held + BLOCK + key.len() + BLOCK + body + 416
 }
 
 impl RecordCache {
@@ -53,6 +92,16 @@ impl RecordCache {
             seen_set: 0,
             hasher: Default::default(),
         }
+    }
+
+    /// Bytes counted for the records held.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The bound on [`RecordCache::bytes`].
+    pub(super) fn cap(&self) -> usize {
+        self.cap
     }
 
     /// Whether a record just read from RocksDB should be kept: true when `key` was read lately too.
@@ -79,8 +128,9 @@ impl RecordCache {
     }
 
     /// Keeps `r`; returns what it pushed out (for the caller to free after releasing the lock).
-    pub(super) fn put(&mut self, key: Vec<u8>, r: Record) -> Vec<Record> {
-        let w = weight(&key, &r);
+    /// `held`: the bytes of the stored value the record keeps alive (see [`weight`]).
+    pub(super) fn put(&mut self, key: Vec<u8>, r: Hot, held: usize) -> Vec<Hot> {
+        let w = weight(&key, &r, held);
         if w > self.cap {
             return Vec::new();
         }
@@ -94,7 +144,7 @@ impl RecordCache {
         out
     }
 
-    fn shrink(&mut self, out: &mut Vec<Record>) {
+    fn shrink(&mut self, out: &mut Vec<Hot>) {
         while self.bytes > self.cap {
             match self.map.pop_lru() {
                 Some((_, (r, w))) => {
@@ -148,11 +198,11 @@ mod tests {
             hash: "ab".repeat(32),
             size: 1,
         };
-        let rec = || Record::Entry(entry(&blob));
-        let one = weight(b"key-0000", &rec());
+        let rec = || Hot::from(Record::Entry(entry(&blob)));
+        let one = weight(b"key-0000", &rec(), 100);
         let mut c = RecordCache::new(one * 10);
         for i in 0..100 {
-            c.put(format!("key-{i:04}").into_bytes(), rec());
+            c.put(format!("key-{i:04}").into_bytes(), rec(), 100);
             assert!(c.bytes <= c.cap, "{} > {}", c.bytes, c.cap);
         }
         assert_eq!(c.map.len(), 10);
@@ -160,8 +210,8 @@ mod tests {
         c.resize(one * 3);
         assert_eq!((c.map.len(), c.bytes), (3, one * 3));
         c.pop(b"key-0099");
-        c.put(b"key-0099".to_vec(), rec());
-        c.put(b"key-0099".to_vec(), rec());
+        c.put(b"key-0099".to_vec(), rec(), 100);
+        c.put(b"key-0099".to_vec(), rec(), 100);
         assert_eq!((c.map.len(), c.bytes), (3, one * 3), "a record put twice counts once");
         c.clear();
         assert_eq!((c.map.len(), c.bytes), (0, 0));

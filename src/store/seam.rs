@@ -45,7 +45,7 @@ pub trait Storage: Send + Sync + 'static {
     /// What is stored at a primary key (an entry, or the `Vary` fields of its variants).
     fn lookup(&self, key: &[u8]) -> Result<Lookup, StoreError>;
     /// The entry at an exact key.
-    fn entry(&self, key: &[u8]) -> Result<Option<Entry>, StoreError>;
+    fn entry(&self, key: &[u8]) -> Result<Option<std::sync::Arc<Entry>>, StoreError>;
     /// Starts storing a body.
     fn begin_fill(&self) -> Result<Box<dyn FillSink>, StoreError>;
     /// Makes a finished body durable, then commits its entry. Blocking. Returns the bytes the store
@@ -128,7 +128,7 @@ impl Storage for DiskStorage {
         self.0.lookup(key)
     }
 
-    fn entry(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+    fn entry(&self, key: &[u8]) -> Result<Option<std::sync::Arc<Entry>>, StoreError> {
         self.0.entry(key)
     }
 
