@@ -52,7 +52,7 @@ pub struct Hit {
     /// Its key (primary or variant).
     pub key: Vec<u8>,
     /// The stored head and body reference (shared with the store's hot records).
-    pub entry: std::sync::Arc<Entry>,
+    pub entry: Arc<Entry>,
 }
 
 /// What a stored head says about its freshness, read once per stored head and shared by every hit on

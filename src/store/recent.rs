@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::entry::{Entry, Record};
 
 /// A record as hot records hold it: an entry is shared, so a hit takes it with one reference count
-/// instead of copying its strings (measured at 100,000 distinct URLs, see docs/benchmarks.md).
+/// instead of copying its strings (no speed change measured at 100,000 URLs, see docs/benchmarks.md;
+/// kept as the simpler hit path).
 #[derive(Clone)]
 pub(super) enum Hot {
     Entry(Arc<Entry>),
@@ -43,8 +44,9 @@ pub(super) struct RecordCache {
 /// Bits in the doorkeeper (128 KiB).
 const SEEN_BITS: usize = 1 << 20;
 
-/// What a record held in memory costs: `held`, the bytes of the read value it keeps alive (header values
-/// and the inline body are slices of one copy of it), plus its structures. Counted from their layout, not
+/// What a record held in memory costs: for an entry, `held`, the bytes of the read value it keeps alive
+/// (header values and the inline body are slices of one copy of it), plus its structures; a `Vary` list
+/// keeps only its own strings. Counted from their layout, not
 /// guessed per field: a first estimate that summed field lengths was a third below what the process
 /// measured (RSS over 100,000 hot records, see docs/benchmarks.md); a `HeaderMap` holds a power of two of
 /// slots, each larger than the field in it.
@@ -71,14 +73,14 @@ fn weight(key: &[u8], r: &Hot, held: usize) -> usize {
             let group = e.group.as_ref().map_or(0, |g| g.capacity() + BLOCK);
             // The entry and its `Arc`, the shared head with its derived facts, the map's two tables.
             let fixed = size_of::<Entry>() + 16 + 256 + 4 * BLOCK;
-            map.capacity() * SLOT + indices + strings + vary + group + fixed
+            held + BLOCK + map.capacity() * SLOT + indices + strings + vary + group + fixed
         }
         Hot::Vary(fields) => fields.iter().map(|f| f.capacity() + 24 + BLOCK).sum::<usize>() + 64,
     };
     // The key and the cache's node for it (links, hash slot, the value's tuple), and what the layouts
     // above miss (table growth, allocator slack): calibrated so 100,000 hot 1 KiB answers count what the
     // process measured for them, 3.2 KB each (docs/benchmarks.md, 2026-12-05).
-    held + BLOCK + key.len() + BLOCK + body + 416
+    key.len() + BLOCK + body + 416
 }
 
 impl RecordCache {
